@@ -1,0 +1,86 @@
+"""MNIST-style data: loaded once into memory as tensors, and the one definition of pixel scaling.
+
+Every part of the project (training data, pipeline outputs, evaluation inputs) converts pixels with
+:func:`to_model_range` and :func:`to_unit_range`, which delegate to Diffusers' own
+``VaeImageProcessor`` so that our pipelines and the stock ``DDPMPipeline`` agree on the range.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers.image_processor import VaeImageProcessor
+
+MNIST = "ylecun/mnist"
+FASHION_MNIST = "zalando-datasets/fashion_mnist"
+
+
+@dataclass
+class ImageSplit:
+    """One split of an image dataset held in memory.
+
+    Attributes:
+        images: ``uint8`` tensor of shape ``(N, 28, 28)``.
+        labels: ``int64`` tensor of shape ``(N,)``.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """Map ``uint8`` images ``(N, H, W)`` or ``(N, 1, H, W)`` to float ``(N, 1, H, W)`` in ``[-1, 1]``."""
+    if images.ndim == 3:
+        images = images.unsqueeze(1)
+    return VaeImageProcessor.normalize(images.float() / 255.0)
+
+
+def to_unit_range(samples: torch.Tensor) -> torch.Tensor:
+    """Map model-space samples in ``[-1, 1]`` to ``[0, 1]`` (clamped), the range of saved images."""
+    return VaeImageProcessor.denormalize(samples)
+
+
+def load_split(dataset_name: str, split: str) -> ImageSplit:
+    """Load one split of an image-classification dataset into memory.
+
+    Args:
+        dataset_name: a Hub dataset id (``ylecun/mnist``) or a local folder in the Hub's parquet layout
+            (``../shared/data/mnist``).
+        split: ``train`` or ``test``.
+
+    Returns:
+        The split's images and labels; the images are decoded once, here.
+
+    Raises:
+        ValueError: if the dataset cannot be found locally or loaded from the Hub, or lacks the split.
+    """
+    from datasets import load_dataset
+
+    is_local = os.path.isdir(dataset_name)
+    try:
+        dataset = load_dataset(dataset_name, split=split)
+    except ValueError as error:
+        if "split" in str(error).lower():
+            raise ValueError(f"dataset {dataset_name!r} has no split {split!r}: {error}") from error
+        raise _unreachable(dataset_name, is_local, error) from error
+    except Exception as error:  # the Hub client raises many connection and lookup error types
+        raise _unreachable(dataset_name, is_local, error) from error
+    image_column = "image" if "image" in dataset.column_names else "img"
+    images = dataset.with_format("numpy")[:][image_column]
+    labels = np.asarray(dataset.data.column("label"))
+    return ImageSplit(torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)), torch.from_numpy(labels))
+
+
+def _unreachable(dataset_name: str, is_local: bool, error: Exception) -> ValueError:
+    where = "the local folder" if is_local else "the Hugging Face Hub"
+    return ValueError(
+        f"could not load dataset {dataset_name!r} from {where} ({type(error).__name__}); "
+        "pass a Hub id that is reachable (e.g. ylecun/mnist) or a local folder in the Hub's parquet "
+        "layout (e.g. ../shared/data/mnist)"
+    )
