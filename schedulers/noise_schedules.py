@@ -66,7 +66,11 @@ def make_betas(
         raise ValueError(
             f"beta_start={beta_start} must be smaller than beta_end={beta_end} for the {schedule!r} schedule"
         )
-    s = torch.linspace(0.0, 1.0, steps, dtype=torch.float64) if steps > 1 else torch.zeros(1, dtype=torch.float64)
+    s = (
+        torch.linspace(0.0, 1.0, steps, dtype=torch.float64)
+        if steps > 1
+        else torch.zeros(1, dtype=torch.float64)
+    )
     if schedule == "geometric":
         return beta_start * (beta_end / beta_start) ** s
     if schedule == "cosine_annealing":
@@ -84,10 +88,12 @@ def ddpm_scheduler(
     constant_beta: float = 0.01,
     prediction_type: str = "epsilon",
 ) -> DDPMScheduler:
-    """A stock ``DDPMScheduler`` whose ``trained_betas`` follow the named schedule (see :func:`make_betas`)."""
+    """A stock ``DDPMScheduler`` whose ``trained_betas`` follow a named schedule (see :func:`make_betas`)."""
     allowed_predictions = ("epsilon", "sample", "v_prediction")
     if prediction_type not in allowed_predictions:
-        raise ValueError(f"prediction_type={prediction_type!r} is not one of {', '.join(allowed_predictions)}")
+        raise ValueError(
+            f"prediction_type={prediction_type!r} is not one of {', '.join(allowed_predictions)}"
+        )
     betas = make_betas(schedule, num_train_timesteps, beta_start, beta_end, max_beta, constant_beta)
     return DDPMScheduler(
         num_train_timesteps=num_train_timesteps,

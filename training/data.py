@@ -46,13 +46,14 @@ def to_unit_range(samples: torch.Tensor) -> torch.Tensor:
     return VaeImageProcessor.denormalize(samples)
 
 
-def load_split(dataset_name: str, split: str) -> ImageSplit:
+def load_split(dataset_name: str, split: str, limit: int | None = None) -> ImageSplit:
     """Load one split of an image-classification dataset into memory.
 
     Args:
         dataset_name: a Hub dataset id (``ylecun/mnist``) or a local folder in the Hub's parquet layout
             (``../shared/data/mnist``).
         split: ``train`` or ``test``.
+        limit: keep only the first ``limit`` images (decoding is the slow part, so it happens after).
 
     Returns:
         The split's images and labels; the images are decoded once, here.
@@ -71,10 +72,14 @@ def load_split(dataset_name: str, split: str) -> ImageSplit:
         raise _unreachable(dataset_name, is_local, error) from error
     except Exception as error:  # the Hub client raises many connection and lookup error types
         raise _unreachable(dataset_name, is_local, error) from error
+    if limit is not None:
+        dataset = dataset.select(range(min(limit, len(dataset))))
     image_column = "image" if "image" in dataset.column_names else "img"
     images = dataset.with_format("numpy")[:][image_column]
     labels = np.asarray(dataset.data.column("label"))
-    return ImageSplit(torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)), torch.from_numpy(labels))
+    return ImageSplit(
+        torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)), torch.from_numpy(labels)
+    )
 
 
 def _unreachable(dataset_name: str, is_local: bool, error: Exception) -> ValueError:

@@ -1,0 +1,113 @@
+"""One way to draw samples from any pipeline of this project, shared by training, scripts and the demo.
+
+Gaussian pipelines (``DDPMPipeline``) can be sampled with any Diffusers scheduler built ``from_config``
+from the trained one, so the forward process (its ``trained_betas``) carries over; cold pipelines take
+their sampling algorithm as an argument.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMPipeline,
+    DDPMScheduler,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+)
+
+GAUSSIAN_SAMPLERS = ("ddpm", "ddim", "dpmsolver")
+COLD_SAMPLERS = ("improved", "naive", "direct")
+
+
+def is_gaussian(pipeline: DiffusionPipeline) -> bool:
+    """Whether ``pipeline`` is a stock Gaussian ``DDPMPipeline`` (as opposed to a cold-diffusion one)."""
+    return isinstance(pipeline, DDPMPipeline)
+
+
+def samplers_for(pipeline: DiffusionPipeline) -> tuple[str, ...]:
+    """The sampler names that ``pipeline`` accepts."""
+    return GAUSSIAN_SAMPLERS if is_gaussian(pipeline) else COLD_SAMPLERS
+
+
+def with_gaussian_sampler(pipeline: DDPMPipeline, sampler: str) -> DDPMPipeline:
+    """A copy of a Gaussian pipeline whose scheduler is ``sampler``, built from the trained config.
+
+    Args:
+        pipeline: a ``DDPMPipeline``.
+        sampler: ``ddpm`` (ancestral), ``ddim`` (eta = 0) or ``dpmsolver`` (DPM-Solver++ 2M).
+    """
+    config = pipeline.scheduler.config
+    if sampler == "ddpm":
+        scheduler = DDPMScheduler.from_config(config)
+    elif sampler == "ddim":
+        scheduler = DDIMScheduler.from_config(config)
+    else:
+        scheduler = DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
+    return DDPMPipeline(unet=pipeline.unet, scheduler=scheduler)
+
+
+def default_sampler(pipeline: DiffusionPipeline) -> str:
+    """``ddpm`` for Gaussian pipelines, ``improved`` for cold ones."""
+    return samplers_for(pipeline)[0]
+
+
+def check_sampling_args(pipeline: DiffusionPipeline, sampler: str, num_inference_steps: int | None) -> None:
+    """Raise ``ValueError`` naming the bad value if ``sampler`` or ``num_inference_steps`` is not allowed."""
+    allowed = samplers_for(pipeline)
+    if sampler not in allowed:
+        kind = "Gaussian" if is_gaussian(pipeline) else "cold-diffusion"
+        raise ValueError(
+            f"sampler {sampler!r} is not available for a {kind} pipeline; choose one of {allowed}"
+        )
+    max_steps = pipeline.scheduler.config.num_train_timesteps
+    if num_inference_steps is not None and not 1 <= num_inference_steps <= max_steps:
+        raise ValueError(f"num_inference_steps={num_inference_steps} must be between 1 and {max_steps}")
+
+
+@torch.inference_mode()
+def generate(
+    pipeline: DiffusionPipeline,
+    num_images: int,
+    sampler: str | None = None,
+    num_inference_steps: int | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    show_progress: bool = False,
+) -> torch.Tensor:
+    """Draw ``num_images`` samples as a float tensor ``(N, 1, H, W)`` in ``[0, 1]``.
+
+    The same ``seed`` gives the same images: one generator drives all batches in order.
+
+    Args:
+        pipeline: a ``DDPMPipeline`` or a ``ColdDiffusionPipeline``.
+        num_images: how many images to draw (>= 1).
+        sampler: one of :func:`samplers_for` the pipeline; defaults to :func:`default_sampler`.
+        num_inference_steps: denoising steps; defaults to the number of training timesteps.
+        seed: seed of the ``torch.Generator`` on the pipeline's device.
+        batch_size: images per network call.
+        show_progress: show the pipeline's progress bar.
+
+    Raises:
+        ValueError: if ``num_images`` < 1, or the sampler or step count is not allowed.
+    """
+    if num_images < 1:
+        raise ValueError(f"num_images={num_images} must be at least 1")
+    sampler = sampler or default_sampler(pipeline)
+    check_sampling_args(pipeline, sampler, num_inference_steps)
+    steps = num_inference_steps or pipeline.scheduler.config.num_train_timesteps
+    generator = torch.Generator(device=pipeline.device).manual_seed(seed)
+    if is_gaussian(pipeline):
+        pipeline = with_gaussian_sampler(pipeline, sampler)
+        extra = {}
+    else:
+        extra = {"sampling": sampler}
+    pipeline.set_progress_bar_config(disable=not show_progress)
+    batches = []
+    for start in range(0, num_images, batch_size):
+        count = min(batch_size, num_images - start)
+        output = pipeline(
+            batch_size=count, generator=generator, num_inference_steps=steps, output_type="np", **extra
+        )
+        batches.append(torch.from_numpy(output.images).permute(0, 3, 1, 2))
+    return torch.cat(batches).float()

@@ -1,0 +1,571 @@
+"""Train a Gaussian DDPM or a cold-diffusion model on MNIST with Accelerate.
+
+Shaped like Diffusers' ``examples/unconditional_image_generation/train_unconditional.py``::
+
+    accelerate launch training/train.py --config training/configs/quickstart.yaml [--key value ...]
+
+Flags given on the command line override the YAML config. The objective comes from the scheduler:
+a stock ``DDPMScheduler`` (``--degradation gaussian``) trains epsilon / sample / v prediction; a
+cold-diffusion scheduler supplies its own ``(model_input, target)`` pairs. At the end the pipeline is
+saved with ``save_pretrained(OUTPUT_DIR)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from diffusers import DDPMPipeline, DDPMScheduler
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from torch.utils.data import DataLoader, TensorDataset
+from torchvision.utils import save_image
+from tqdm.auto import tqdm
+
+# Running as `accelerate launch training/train.py` puts training/ first on sys.path, not the project root.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import schedulers  # noqa: E402
+from models import UNET_PRESETS, CourseworkCNN, unet_preset  # noqa: E402
+from schedulers import NOISE_SCHEDULES, ddpm_scheduler  # noqa: E402
+from training.data import MNIST, load_split, to_model_range  # noqa: E402
+from training.sampling import GAUSSIAN_SAMPLERS, generate  # noqa: E402
+
+logger = get_logger(__name__)
+
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+def degradation_names() -> tuple[str, ...]:
+    """``gaussian`` followed by every cold degradation the ``schedulers`` package registers."""
+    return ("gaussian", *getattr(schedulers, "DEGRADATIONS", {}))
+
+
+def _degradation_options() -> dict[str, inspect.Parameter]:
+    """Constructor parameters of every registered degradation scheduler, by name (first one wins)."""
+    options: dict[str, inspect.Parameter] = {}
+    for factory in getattr(schedulers, "DEGRADATIONS", {}).values():
+        for name, parameter in inspect.signature(factory).parameters.items():
+            if parameter.default is not inspect.Parameter.empty:
+                options.setdefault(name, parameter)
+    return options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface; every flag can also be a key of the ``--config`` YAML file."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=str, default=None, help="YAML file of defaults for these flags.")
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--dataset_name",
+        type=str,
+        default=MNIST,
+        help="Hub dataset id or a local folder in the Hub's parquet layout (e.g. ../shared/data/mnist).",
+    )
+    data.add_argument("--train_split", type=str, default="train")
+    data.add_argument("--validation_split", type=str, default="test")
+    data.add_argument("--max_train_samples", type=int, default=None, help="Use only the first N images.")
+    data.add_argument("--num_validation_images", type=int, default=None, help="Default: the whole split.")
+    data.add_argument("--output_dir", type=str, default="outputs/ddpm-mnist")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", choices=("cnn", "unet"), default="cnn")
+    model.add_argument("--n_hidden", type=int, nargs="+", default=[16, 32, 32, 16], help="CNN channels.")
+    model.add_argument("--kernel_size", type=int, default=7)
+    model.add_argument("--act_fn", type=str, default="gelu")
+    model.add_argument("--dropout", type=float, default=0.0)
+    model.add_argument("--time_embedding_in_every_block", action="store_true")
+    model.add_argument("--unet_preset", choices=sorted(UNET_PRESETS), default="small")
+
+    diffusion = parser.add_argument_group("diffusion")
+    diffusion.add_argument("--degradation", type=str, default="gaussian")
+    diffusion.add_argument("--noise_schedule", choices=NOISE_SCHEDULES, default="linear")
+    diffusion.add_argument("--num_train_timesteps", type=int, default=None, help="T (default per process).")
+    diffusion.add_argument("--beta_start", type=float, default=1e-4)
+    diffusion.add_argument("--beta_end", type=float, default=0.02)
+    diffusion.add_argument("--max_beta", type=float, default=0.999, help="Clip of the cosine schedule.")
+    diffusion.add_argument("--constant_beta", type=float, default=0.01)
+    diffusion.add_argument(
+        "--prediction_type", choices=("epsilon", "sample", "v_prediction"), default="epsilon"
+    )
+    diffusion.add_argument(
+        "--loss", choices=("l1", "l2"), default=None, help="Default: l2 (Gaussian), l1 (cold)."
+    )
+    cold = parser.add_argument_group("cold degradation options (defaults are each scheduler's own)")
+    for name, parameter in _degradation_options().items():
+        if name == "num_train_timesteps":
+            continue
+        if isinstance(parameter.default, bool):
+            cold.add_argument(f"--{name}", type=_parse_bool, default=None, metavar="BOOL")
+        else:
+            kind = type(parameter.default) if parameter.default is not None else str
+            cold.add_argument(f"--{name}", type=kind, default=None)
+
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--train_batch_size", type=int, default=128)
+    optim.add_argument("--eval_batch_size", type=int, default=512)
+    optim.add_argument("--num_epochs", type=int, default=10)
+    optim.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_epochs.")
+    optim.add_argument("--learning_rate", type=float, default=2e-4)
+    optim.add_argument("--lr_scheduler", choices=("constant", "cosine", "plateau"), default="constant")
+    optim.add_argument("--lr_warmup_steps", type=int, default=0)
+    optim.add_argument("--adam_weight_decay", type=float, default=0.0)
+    optim.add_argument("--max_grad_norm", type=float, default=1.0)
+    optim.add_argument("--use_ema", action="store_true")
+    optim.add_argument("--ema_max_decay", type=float, default=0.9999)
+    optim.add_argument("--mixed_precision", choices=("no", "bf16"), default="no")
+    optim.add_argument("--seed", type=int, default=0)
+
+    logs = parser.add_argument_group("logging, samples and checkpoints")
+    logs.add_argument("--logging_steps", type=int, default=50)
+    logs.add_argument("--save_images_epochs", type=int, default=1)
+    logs.add_argument("--num_sample_images", type=int, default=64)
+    logs.add_argument("--sample_scheduler", choices=GAUSSIAN_SAMPLERS, default="ddpm", help="Gaussian grids.")
+    logs.add_argument("--sample_inference_steps", type=int, default=None, help="Default: T.")
+    logs.add_argument("--checkpointing_steps", type=int, default=500)
+    logs.add_argument("--checkpoints_total_limit", type=int, default=2)
+    logs.add_argument("--resume_from_checkpoint", type=str, default=None, help="'latest' or a path.")
+    return parser
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean; use true or false")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse flags over the defaults of ``--config``; raises ``ValueError`` on an invalid combination."""
+    parser = build_parser()
+    known, _ = parser.parse_known_args(argv)
+    if known.config:
+        parser.set_defaults(**_read_config(known.config, parser))
+    args = parser.parse_args(argv)
+    _validate(args)
+    return args
+
+
+def _read_config(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    if not os.path.isfile(path):
+        raise ValueError(f"config file {path!r} does not exist")
+    with open(path) as handle:
+        values = yaml.safe_load(handle) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path!r} must hold a mapping of flag names to values")
+    known = {action.dest for action in parser._actions}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"config file {path!r} has unknown keys {unknown}; allowed keys are the flag names")
+    return values
+
+
+def _validate(args: argparse.Namespace) -> None:
+    allowed = degradation_names()
+    if args.degradation not in allowed:
+        raise ValueError(f"--degradation {args.degradation!r} is not one of {', '.join(allowed)}")
+    for name in (
+        "train_batch_size",
+        "num_epochs",
+        "logging_steps",
+        "save_images_epochs",
+        "checkpointing_steps",
+    ):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.max_train_steps is not None and args.max_train_steps < 1:
+        raise ValueError(f"--max_train_steps must be at least 1, got {args.max_train_steps}")
+    if args.learning_rate <= 0:
+        raise ValueError(f"--learning_rate must be positive, got {args.learning_rate}")
+    if args.resume_from_checkpoint not in (None, "latest") and not os.path.isdir(args.resume_from_checkpoint):
+        raise ValueError(
+            f"--resume_from_checkpoint {args.resume_from_checkpoint!r}: no such checkpoint folder"
+        )
+
+
+def make_scheduler(args: argparse.Namespace):
+    """The training scheduler: a ``DDPMScheduler`` with a named beta schedule, or a cold degradation."""
+    if args.degradation == "gaussian":
+        return ddpm_scheduler(
+            schedule=args.noise_schedule,
+            num_train_timesteps=args.num_train_timesteps or 1000,
+            beta_start=args.beta_start,
+            beta_end=args.beta_end,
+            max_beta=args.max_beta,
+            constant_beta=args.constant_beta,
+            prediction_type=args.prediction_type,
+        )
+    factory = schedulers.DEGRADATIONS[args.degradation]
+    accepted = inspect.signature(factory).parameters
+    options = {name: getattr(args, name) for name in accepted if getattr(args, name, None) is not None}
+    return factory(**options)
+
+
+def make_model(args: argparse.Namespace, num_train_timesteps: int) -> torch.nn.Module:
+    """The denoising network named by ``--model``."""
+    if args.model == "unet":
+        return unet_preset(args.unet_preset)
+    return CourseworkCNN(
+        n_hidden=tuple(args.n_hidden),
+        kernel_size=args.kernel_size,
+        act_fn=args.act_fn,
+        dropout=args.dropout,
+        time_embedding_in_every_block=args.time_embedding_in_every_block,
+        num_train_timesteps=num_train_timesteps,
+    )
+
+
+def make_pipeline(model: torch.nn.Module, scheduler):
+    """The pipeline that samples ``model``: stock ``DDPMPipeline`` for Gaussian, ours for cold."""
+    if isinstance(scheduler, DDPMScheduler):
+        return DDPMPipeline(unet=model, scheduler=scheduler)
+    from pipelines import ColdDiffusionPipeline
+
+    return ColdDiffusionPipeline(unet=model, scheduler=scheduler)
+
+
+def training_pair(
+    scheduler, x0: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draw timesteps and build ``(model_input, timesteps, target)`` for a batch of clean images."""
+    if isinstance(scheduler, DDPMScheduler):
+        timesteps = torch.randint(
+            0, scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device, generator=generator
+        )
+        noise = torch.randn(x0.shape, device=x0.device, generator=generator, dtype=x0.dtype)
+        noisy = scheduler.add_noise(x0, noise, timesteps)
+        prediction = scheduler.config.prediction_type
+        if prediction == "epsilon":
+            target = noise
+        elif prediction == "sample":
+            target = x0
+        else:
+            target = scheduler.get_velocity(x0, noise, timesteps)
+        return noisy, timesteps, target
+    timesteps = scheduler.training_timesteps(x0.shape[0], generator=generator, device=x0.device)
+    model_input, target = scheduler.training_example(x0, timesteps, generator=generator)
+    return model_input, timesteps, target
+
+
+def compute_loss(prediction: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """Mean L1 or L2 loss in float32."""
+    loss_fn = F.l1_loss if kind == "l1" else F.mse_loss
+    return loss_fn(prediction.float(), target.float())
+
+
+def _checkpoints(output_dir: str) -> list[Path]:
+    """Complete checkpoint folders, oldest first (a half-written one is never named ``checkpoint-N``)."""
+    folders = [
+        p
+        for p in Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*")
+        if p.name[len(CHECKPOINT_PREFIX) :].isdigit()
+    ]
+    return sorted(folders, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: str, step: int, total_limit: int | None) -> None:
+    """``accelerator.save_state`` into a temporary folder renamed into place, then prune old ones."""
+    final = Path(output_dir, f"{CHECKPOINT_PREFIX}{step}")
+    partial = Path(output_dir, f".partial-{CHECKPOINT_PREFIX}{step}")
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        if total_limit is not None:
+            for old in _checkpoints(output_dir)[:-total_limit]:
+                shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+class MetricsLog:
+    """Append-only JSON-lines log of training metrics, truncated to the resumed step on resume."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path = path
+        self.enabled = enabled
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records logged after ``step`` by a run that was stopped after its last checkpoint."""
+        if not (self.enabled and self.path.exists()):
+            return
+        kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+
+@torch.inference_mode()
+def validation_loss(model, scheduler, images: torch.Tensor, args, accelerator: Accelerator) -> float:
+    """Mean loss over the validation images with a fixed noise seed, so epochs are comparable."""
+    generator = torch.Generator(device=accelerator.device).manual_seed(args.seed)
+    total, count = 0.0, 0
+    for start in range(0, len(images), args.eval_batch_size):
+        x0 = to_model_range(images[start : start + args.eval_batch_size]).to(accelerator.device)
+        model_input, timesteps, target = training_pair(scheduler, x0, generator)
+        with accelerator.autocast():
+            prediction = model(model_input, timesteps).sample
+        total += compute_loss(prediction, target, args.loss).item() * len(x0)
+        count += len(x0)
+    return total / count
+
+
+def save_sample_grid(pipeline, args, path: Path) -> None:
+    """Sample ``--num_sample_images`` with a fixed seed and save them as one PNG grid."""
+    sampler = args.sample_scheduler if isinstance(pipeline, DDPMPipeline) else None
+    images = generate(pipeline, args.num_sample_images, sampler, args.sample_inference_steps, seed=args.seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(images, path, nrow=int(math.ceil(math.sqrt(len(images)))), padding=2, pad_value=1.0)
+
+
+def train(args: argparse.Namespace) -> Path:
+    """Run the training described by ``args``; returns the output folder holding the saved pipeline."""
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        # `accelerate launch --multi_gpu` on a machine without GPUs: data-parallel CPU processes over gloo.
+        cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available(),
+        mixed_precision=args.mixed_precision,
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(output_dir / "logs")
+        ),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+    # A different seed per process: the ranks must not draw the same noise for their different images.
+    set_seed(args.seed, device_specific=True)
+
+    scheduler = make_scheduler(args)
+    if args.loss is None:
+        args.loss = "l2" if isinstance(scheduler, DDPMScheduler) else "l1"
+    train_images = load_split(args.dataset_name, args.train_split, args.max_train_samples).images
+    validation_images = load_split(
+        args.dataset_name, args.validation_split, args.num_validation_images
+    ).images
+    if len(train_images) < args.train_batch_size * accelerator.num_processes:
+        raise ValueError(
+            f"{len(train_images)} training images are fewer than one batch of "
+            f"{args.train_batch_size} x {accelerator.num_processes} processes"
+        )
+
+    if accelerator.is_main_process and hasattr(scheduler, "fit_prior"):
+        # The start distribution depends only on the data and the degradation, so it is fitted first and
+        # the sample grids of every epoch can already generate unconditionally.
+        scheduler.fit_prior(to_model_range(train_images), generator=torch.Generator().manual_seed(args.seed))
+    model = make_model(args, scheduler.config.num_train_timesteps)
+    ema_model = (
+        EMAModel(model.parameters(), decay=args.ema_max_decay, use_ema_warmup=True) if args.use_ema else None
+    )
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=args.learning_rate, weight_decay=args.adam_weight_decay, foreach=True
+    )
+    dataloader = DataLoader(
+        TensorDataset(train_images), batch_size=args.train_batch_size, shuffle=True, drop_last=True
+    )
+    steps_per_epoch = len(dataloader) // accelerator.num_processes
+    max_train_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
+    num_epochs = math.ceil(max_train_steps / steps_per_epoch)
+    model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
+    if args.lr_scheduler == "plateau":
+        # Stepped once per epoch on the validation loss, outside Accelerate's per-process stepping.
+        lr_scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=2)
+        accelerator.register_for_checkpointing(lr_scheduler)
+    else:
+        lr_scheduler = accelerator.prepare(
+            get_scheduler(
+                args.lr_scheduler,
+                optimizer=optimizer,
+                num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+                num_training_steps=max_train_steps * accelerator.num_processes,
+            )
+        )
+    if ema_model is not None:
+        ema_model.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema_model)
+
+    metrics_log = MetricsLog(output_dir / "logs" / "metrics.jsonl", accelerator.is_main_process)
+    if accelerator.is_main_process:
+        (output_dir / "logs").mkdir(parents=True, exist_ok=True)
+        with open(output_dir / "training_config.yaml", "w") as handle:
+            yaml.safe_dump({k: v for k, v in vars(args).items() if k != "config"}, handle, sort_keys=False)
+        accelerator.init_trackers("train", config={k: str(v) for k, v in vars(args).items()})
+
+    global_step = 0
+    if args.resume_from_checkpoint:
+        checkpoints = _checkpoints(args.output_dir)
+        path = checkpoints[-1] if args.resume_from_checkpoint == "latest" and checkpoints else None
+        if args.resume_from_checkpoint != "latest":
+            path = Path(args.resume_from_checkpoint)
+        if path is None:
+            logger.info("No checkpoint in %s; starting a new run.", args.output_dir)
+        else:
+            accelerator.load_state(str(path))
+            global_step = int(path.name[len(CHECKPOINT_PREFIX) :])
+            metrics_log.truncate_after(global_step)
+            logger.info("Resumed from %s at step %d.", path, global_step)
+    first_epoch, resume_batch = divmod(global_step, steps_per_epoch)
+
+    logger.info(
+        "%d images, %d steps of %d x %d processes, %d epochs, model with %d parameters",
+        len(train_images),
+        max_train_steps,
+        args.train_batch_size,
+        accelerator.num_processes,
+        num_epochs,
+        sum(p.numel() for p in model.parameters()),
+    )
+    progress = tqdm(
+        total=max_train_steps,
+        initial=global_step,
+        disable=not accelerator.is_local_main_process,
+        desc="train",
+    )
+    window_loss, window_steps, window_start = (
+        torch.zeros((), device=accelerator.device),
+        0,
+        time.perf_counter(),
+    )
+    for epoch in range(first_epoch, num_epochs):
+        model.train()
+        dataloader.set_epoch(epoch)
+        batches = (
+            accelerator.skip_first_batches(dataloader, resume_batch) if epoch == first_epoch else dataloader
+        )
+        for (images,) in batches:
+            x0 = to_model_range(images)
+            model_input, timesteps, target = training_pair(scheduler, x0)
+            with accelerator.autocast():
+                prediction = model(model_input, timesteps).sample
+            loss = compute_loss(prediction, target, args.loss)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            if args.lr_scheduler != "plateau":
+                lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema_model is not None:
+                ema_model.step(model.parameters())
+            global_step += 1
+            progress.update(1)
+            # Accumulate on the device; reading the value synchronises, so only do it when logging.
+            window_loss += loss.detach()
+            window_steps += 1
+            if global_step % args.logging_steps == 0 or global_step == max_train_steps:
+                mean_loss = accelerator.reduce(window_loss, reduction="mean").item() / window_steps
+                elapsed = time.perf_counter() - window_start
+                record = {
+                    "step": global_step,
+                    "epoch": epoch,
+                    "loss": mean_loss,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "images_per_second": window_steps
+                    * args.train_batch_size
+                    * accelerator.num_processes
+                    / elapsed,
+                }
+                progress.set_postfix(loss=f"{mean_loss:.4f}")
+                accelerator.log({k: v for k, v in record.items() if k != "step"}, step=global_step)
+                metrics_log.write(record)
+                window_loss.zero_()
+                window_steps, window_start = 0, time.perf_counter()
+            if global_step % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+            if global_step >= max_train_steps:
+                break
+        resume_batch = 0
+        end_of_run = global_step >= max_train_steps
+        _end_of_epoch(
+            accelerator,
+            model,
+            ema_model,
+            scheduler,
+            validation_images,
+            args,
+            epoch,
+            global_step,
+            end_of_run,
+            lr_scheduler,
+            metrics_log,
+        )
+        if end_of_run:
+            break
+    progress.close()
+
+    if global_step % args.checkpointing_steps != 0:
+        save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+    if accelerator.is_main_process:
+        final_model = accelerator.unwrap_model(model)
+        if ema_model is not None:
+            ema_model.copy_to(final_model.parameters())
+        make_pipeline(final_model, scheduler).save_pretrained(str(output_dir))
+        logger.info("Saved the pipeline to %s", output_dir)
+    accelerator.end_training()
+    return output_dir
+
+
+def _end_of_epoch(
+    accelerator,
+    model,
+    ema_model,
+    scheduler,
+    validation_images,
+    args,
+    epoch,
+    global_step,
+    end_of_run,
+    lr_scheduler,
+    metrics_log,
+) -> None:
+    """Validation loss (every epoch), the plateau LR step, and a sample grid when due."""
+    model.eval()
+    if ema_model is not None:
+        ema_model.store(model.parameters())
+        ema_model.copy_to(model.parameters())
+    val_loss = validation_loss(model, scheduler, validation_images, args, accelerator)
+    val_loss = accelerator.reduce(torch.tensor(val_loss, device=accelerator.device), reduction="mean").item()
+    if args.lr_scheduler == "plateau":
+        lr_scheduler.step(val_loss)
+    accelerator.log({"val_loss": val_loss}, step=global_step)
+    metrics_log.write({"step": global_step, "epoch": epoch, "val_loss": val_loss})
+    logger.info("epoch %d step %d: validation loss %.5f", epoch, global_step, val_loss)
+    if accelerator.is_main_process and ((epoch + 1) % args.save_images_epochs == 0 or end_of_run):
+        pipeline = make_pipeline(accelerator.unwrap_model(model), scheduler)
+        save_sample_grid(pipeline, args, Path(args.output_dir, "samples", f"epoch_{epoch:03d}.png"))
+    if ema_model is not None:
+        ema_model.restore(model.parameters())
+    model.train()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: bad input becomes one ``error:`` line on stderr and exit code 2."""
+    try:
+        train(parse_args(argv))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
