@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import schedulers  # noqa: E402
 from models import UNET_PRESETS, CourseworkCNN, unet_preset  # noqa: E402
 from schedulers import NOISE_SCHEDULES, ddpm_scheduler  # noqa: E402
+from training.cli import run_cli  # noqa: E402
 from training.data import MNIST, load_split, to_model_range  # noqa: E402
 from training.sampling import GAUSSIAN_SAMPLERS, generate  # noqa: E402
 
@@ -557,15 +558,10 @@ def _end_of_epoch(
     model.train()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: bad input becomes one ``error:`` line on stderr and exit code 2."""
-    try:
-        train(parse_args(argv))
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+def main(argv: list[str] | None = None) -> None:
+    """Parse the flags and train."""
+    train(parse_args(argv))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -1,0 +1,20 @@
+"""Shared behaviour of the command-line front ends: bad input is one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+
+def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> int:
+    """Call ``main(argv)``; a ``ValueError`` becomes ``error: <message>`` on stderr and exit code 2.
+
+    The packages raise ``ValueError`` with a message naming the bad value and what is allowed; only
+    the front ends print and choose exit codes.
+    """
+    try:
+        main(argv)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
