@@ -1,0 +1,535 @@
+"""Publish a saved pipeline folder to the Hugging Face Hub with a model card.
+
+The upload is always a *staged* copy of the folder the trainer wrote: the pipeline itself
+(``model_index.json`` and its component folders, safetensors weights only), made portable so that
+``DiffusionPipeline.from_pretrained(repo_id, trust_remote_code=True)`` works without this project
+installed, plus ``training_config.yaml``, ``metrics.json`` (from ``scripts/evaluate.py``), a sample grid
+and a model card.
+Checkpoints, logs and the per-epoch grids stay behind. Staging happens in a temporary folder that is moved
+into place only once complete, so a failure never leaves a half-written folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+from huggingface_hub import ModelCard, ModelCardData, create_repo, get_token, upload_folder
+from huggingface_hub import constants as hub_constants
+from huggingface_hub.utils import validate_repo_id
+from safetensors import safe_open
+from torchvision.utils import save_image
+
+from pipelines import load_pipeline, make_portable
+from training.data import FASHION_MNIST, MNIST
+from training.sampling import default_sampler, generate
+
+CARD_FILE = "README.md"
+SAMPLE_GRID_FILE = "samples.png"
+METRICS_FILE = "metrics.json"
+TRAINING_CONFIG_FILE = "training_config.yaml"
+NUM_CARD_SAMPLES = 16
+# Steps for a freshly drawn card grid when the trainer left none: enough for a recognisable preview.
+CARD_SAMPLE_STEPS = 100
+
+_KNOWN_DATASETS = {"mnist": MNIST, "fashion_mnist": FASHION_MNIST}
+_METRIC_LABELS = {
+    "fid": "FID ↓",
+    "kid": "KID ↓",
+    "kid_mean": "KID ↓",
+    "kid_std": "KID (std)",
+    "inception_score": "Inception score ↑",
+    "is": "Inception score ↑",
+    "is_mean": "Inception score ↑",
+    "is_std": "Inception score (std)",
+    "class_balance": "Class balance",
+    "balance": "Class balance",
+}
+_FEATURE_NETWORK_KEYS = ("feature_network", "feature_extractor", "features", "classifier")
+
+CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ title }}
+
+{{ description }}
+
+![{{ num_samples }} samples]({{ sample_grid }})
+
+## Usage
+
+```python
+{{ usage }}
+```
+
+## Model
+
+{{ model_table }}
+
+## {{ process_heading }}
+
+{{ process }}
+
+## Training
+
+{{ training }}
+
+## Evaluation
+
+{{ evaluation }}
+"""
+
+
+def read_metrics(folder: str | os.PathLike, metrics_path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Read the metrics written by ``scripts/evaluate.py``.
+
+    Args:
+        folder: a saved pipeline folder; its ``metrics.json`` is used when ``metrics_path`` is not given.
+        metrics_path: an explicit metrics JSON file.
+
+    Returns:
+        The metrics, or an empty dict when ``metrics_path`` is not given and the folder holds none.
+
+    Raises:
+        ValueError: if ``metrics_path`` is given but missing, or a metrics file is not a JSON object.
+    """
+    path = Path(metrics_path) if metrics_path is not None else Path(folder, METRICS_FILE)
+    if not path.is_file():
+        if metrics_path is not None:
+            raise ValueError(f"metrics file {str(path)!r} does not exist; run scripts/evaluate.py first")
+        return {}
+    try:
+        metrics = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"metrics file {str(path)!r} is not valid JSON: {error}") from error
+    if not isinstance(metrics, dict):
+        raise ValueError(f"metrics file {str(path)!r} must hold a JSON object")
+    return metrics
+
+
+def build_model_card(
+    folder: str | os.PathLike,
+    repo_id: str,
+    metrics: dict[str, Any] | None = None,
+    sample_grid: str = SAMPLE_GRID_FILE,
+) -> ModelCard:
+    """Build the model card of a saved pipeline folder.
+
+    Args:
+        folder: a saved pipeline folder (``model_index.json``, components, and the trainer's
+            ``training_config.yaml`` when present).
+        repo_id: the Hub id (or local path) that the card's usage snippet loads.
+        metrics: evaluation metrics (see :func:`read_metrics`); omitted from the card when empty.
+        sample_grid: path of the sample grid image, relative to the card.
+
+    Raises:
+        ValueError: if ``folder`` is not a saved pipeline.
+    """
+    folder = Path(folder)
+    index = _read_model_index(folder)
+    scheduler_config = _read_json(folder / "scheduler" / "scheduler_config.json")
+    model_config = _read_json(folder / "unet" / "config.json")
+    training = _read_training_config(folder)
+    gaussian = index["_class_name"] == "DDPMPipeline"
+    degradation = "gaussian"
+    if not gaussian:
+        degradation = str(training.get("degradation") or _degradation_of(scheduler_config))
+    dataset = _dataset_id(str(training.get("dataset_name", MNIST)))
+    num_steps = int(scheduler_config["num_train_timesteps"])
+    size = model_config.get("sample_size", "?")
+
+    tags = ["diffusion", "mnist", "ddpm" if gaussian else "cold-diffusion", degradation]
+    card_data = ModelCardData(
+        library_name="diffusers",
+        pipeline_tag="unconditional-image-generation",
+        license="mit",
+        datasets=[dataset] if dataset else None,
+        tags=list(dict.fromkeys(["diffusers", "unconditional-image-generation", *tags])),
+    )
+    dataset_name = dataset.split("/")[-1].replace("_", "-").upper() if dataset else "an image dataset"
+    if gaussian:
+        title = f"Gaussian DDPM on {dataset_name}"
+        description = (
+            f"A denoising diffusion probabilistic model (Ho et al., 2020) that generates {dataset_name} "
+            f"digits from pure Gaussian noise in up to {num_steps} steps. The network predicts "
+            f"`{scheduler_config.get('prediction_type', 'epsilon')}`; it can be sampled with the stock "
+            "`DDPMScheduler` (ancestral), `DDIMScheduler` or `DPMSolverMultistepScheduler` (DPM-Solver++), "
+            "all built `from_config` so they share the trained noise schedule."
+        )
+    else:
+        title = f"Cold diffusion ({degradation}) on {dataset_name}"
+        description = (
+            f"A cold-diffusion model (Bansal et al., 2022) on {dataset_name}: instead of Gaussian noise, the "
+            f"forward process is the deterministic **{degradation}** degradation over {num_steps} steps, and "
+            "the network learns to restore the clean image. Sampling starts from a fully degraded image "
+            "(drawn from a prior fitted to degraded training images) and runs the improved (Algorithm 2), "
+            "naive or direct reconstruction. The pipeline and scheduler are custom code shipped in this "
+            "repository, hence `trust_remote_code=True`."
+        )
+    return ModelCard.from_template(
+        card_data,
+        template_str=CARD_TEMPLATE,
+        title=title,
+        description=description,
+        num_samples=NUM_CARD_SAMPLES,
+        sample_grid=sample_grid,
+        usage=_usage(repo_id, gaussian, num_steps),
+        model_table=_table(
+            [
+                ("Pipeline", f"`{index['_class_name']}`"),
+                ("Denoiser", f"`{model_config.get('_class_name', '?')}`"),
+                ("Parameters", f"{_count_parameters(folder / 'unet'):,}"),
+                ("Image size", f"{size} × {size}"),
+                ("Training objective", _objective(gaussian, scheduler_config, training)),
+            ],
+            header=("Property", "Value"),
+        ),
+        process_heading="Noise schedule" if gaussian else "Degradation",
+        process=_process(scheduler_config, training, gaussian),
+        training=_training(training),
+        evaluation=_evaluation(metrics or {}),
+    )
+
+
+def write_model_card(
+    folder: str | os.PathLike,
+    repo_id: str | None = None,
+    metrics_path: str | os.PathLike | None = None,
+) -> Path:
+    """Write ``README.md`` and the sample grid it shows into a saved pipeline folder, without uploading.
+
+    Args:
+        folder: a saved pipeline folder.
+        repo_id: the Hub id the usage snippet loads; defaults to ``folder`` itself, so that the snippet
+            runs locally.
+        metrics_path: metrics JSON to report; defaults to ``folder/metrics.json`` when present.
+
+    Returns:
+        The path of the written card.
+
+    Raises:
+        ValueError: if ``folder`` is not a saved pipeline or a given file is missing or invalid.
+    """
+    folder = Path(folder)
+    card = build_model_card(folder, repo_id or str(folder), read_metrics(folder, metrics_path))
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".card-") as scratch:
+        grid = Path(scratch, SAMPLE_GRID_FILE)
+        _write_sample_grid(folder, grid)
+        card.save(Path(scratch, CARD_FILE))
+        # Both files are complete before either replaces an older version.
+        os.replace(grid, folder / SAMPLE_GRID_FILE)
+        os.replace(Path(scratch, CARD_FILE), folder / CARD_FILE)
+    return folder / CARD_FILE
+
+
+def stage_pipeline(
+    folder: str | os.PathLike,
+    destination: str | os.PathLike,
+    repo_id: str,
+    metrics_path: str | os.PathLike | None = None,
+) -> Path:
+    """Build in ``destination`` exactly the files that :func:`push_pipeline` uploads.
+
+    The pipeline's files are copied, made portable (custom component code beside the weights), and joined by
+    ``training_config.yaml``, ``metrics.json``, a sample grid and the model card. The folder is assembled
+    under a temporary name and renamed to ``destination`` only when complete.
+
+    Args:
+        folder: a saved pipeline folder.
+        destination: the folder to create; it must not exist yet.
+        repo_id: the Hub id that the card's usage snippet loads.
+        metrics_path: metrics JSON to ship and report; defaults to ``folder/metrics.json`` when present.
+
+    Returns:
+        ``destination``.
+
+    Raises:
+        ValueError: if ``folder`` is not a saved pipeline with safetensors weights, ``destination`` exists,
+            or a given file is missing or invalid.
+    """
+    folder, destination = Path(folder), Path(destination)
+    index = _read_model_index(folder)
+    if destination.exists():
+        raise ValueError(f"staging folder {str(destination)!r} already exists; choose a new path")
+    metrics = read_metrics(folder, metrics_path)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}-partial-"))
+    try:
+        shutil.copy2(folder / "model_index.json", staging / "model_index.json")
+        for component in _components(index):
+            _check_safetensors(folder / component)
+            shutil.copytree(folder / component, staging / component, ignore=shutil.ignore_patterns("*.bin"))
+        if (folder / TRAINING_CONFIG_FILE).is_file():
+            shutil.copy2(folder / TRAINING_CONFIG_FILE, staging / TRAINING_CONFIG_FILE)
+        if metrics:
+            (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        make_portable(staging)
+        _write_sample_grid(folder, staging / SAMPLE_GRID_FILE)
+        build_model_card(folder, repo_id, metrics).save(staging / CARD_FILE)
+        os.replace(staging, destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return destination
+
+
+def push_pipeline(
+    folder: str | os.PathLike,
+    repo_id: str,
+    private: bool = False,
+    token: str | None = None,
+    metrics_path: str | os.PathLike | None = None,
+    commit_message: str = "Upload pipeline",
+) -> str:
+    """Stage a saved pipeline folder (see :func:`stage_pipeline`) and upload it to a Hub model repo.
+
+    The repo is created if needed. Nothing is written next to ``folder``: staging happens in a temporary
+    folder that is removed afterwards.
+
+    Args:
+        folder: a saved pipeline folder.
+        repo_id: ``USER/NAME`` or ``ORG/NAME``.
+        private: create the repo as private (an existing repo keeps its visibility).
+        token: a Hub token with write access; defaults to ``HF_TOKEN`` or the token saved by
+            ``hf auth login``.
+        metrics_path: metrics JSON to ship and report; defaults to ``folder/metrics.json`` when present.
+        commit_message: message of the upload commit.
+
+    Returns:
+        The URL of the upload commit.
+
+    Raises:
+        ValueError: on a bad folder or repo id, when no token is available, when the Hub is disabled with
+            ``HF_HUB_OFFLINE``, or when the Hub cannot be reached or refuses the upload.
+    """
+    _read_model_index(Path(folder))
+    _check_repo_id(repo_id)
+    token = token or get_token()
+    if not token:
+        raise ValueError(
+            "no Hugging Face token found: run `hf auth login`, set HF_TOKEN, "
+            "or pass a token with write access"
+        )
+    if hub_constants.HF_HUB_OFFLINE:
+        raise ValueError("the Hugging Face Hub is disabled by HF_HUB_OFFLINE=1; unset it to upload")
+    with tempfile.TemporaryDirectory(prefix="hub-upload-") as scratch:
+        staged = stage_pipeline(folder, Path(scratch, "upload"), repo_id, metrics_path)
+        try:
+            create_repo(repo_id, token=token, private=private, exist_ok=True)
+            commit = upload_folder(
+                repo_id=repo_id, folder_path=staged, token=token, commit_message=commit_message
+            )
+        except Exception as error:  # the Hub client raises many HTTP and connection error types
+            raise ValueError(
+                f"could not upload to the Hugging Face Hub repo {repo_id!r} "
+                f"({type(error).__name__}: {error}); check the network connection and that the token "
+                "may write to this namespace"
+            ) from error
+    return commit.commit_url
+
+
+def _check_repo_id(repo_id: str) -> None:
+    try:
+        validate_repo_id(repo_id)
+    except ValueError as error:
+        raise ValueError(f"invalid Hub repo id {repo_id!r}: {error}") from error
+    if repo_id.count("/") != 1:
+        raise ValueError(f"Hub repo id {repo_id!r} must have the form USER/NAME or ORG/NAME")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ValueError(f"{str(path)!r} is missing; is this a folder written by save_pretrained?")
+    return json.loads(path.read_text())
+
+
+def _read_model_index(folder: Path) -> dict[str, Any]:
+    if not folder.is_dir():
+        raise ValueError(f"pipeline folder {str(folder)!r} does not exist; train one first (see README)")
+    return _read_json(folder / "model_index.json")
+
+
+def _read_training_config(folder: Path) -> dict[str, Any]:
+    path = folder / TRAINING_CONFIG_FILE
+    config = yaml.safe_load(path.read_text()) if path.is_file() else None
+    return config if isinstance(config, dict) else {}
+
+
+def _components(index: dict[str, Any]) -> list[str]:
+    """Names of the component folders listed in ``model_index.json``."""
+    return [name for name, value in index.items() if not name.startswith("_") and isinstance(value, list)]
+
+
+def _check_safetensors(component: Path) -> None:
+    if any(component.glob("*.bin")) and not any(component.glob("*.safetensors")):
+        raise ValueError(
+            f"{str(component)!r} holds only PyTorch .bin weights; re-save the pipeline with "
+            "save_pretrained(..., safe_serialization=True)"
+        )
+
+
+def _count_parameters(component: Path) -> int:
+    total = 0
+    for path in component.glob("*.safetensors"):
+        with safe_open(path, framework="pt") as weights:
+            total += sum(math.prod(weights.get_slice(key).get_shape()) for key in weights.keys())  # noqa: SIM118
+    return total
+
+
+def _dataset_id(name: str) -> str | None:
+    """The Hub id of the training dataset, also when it was loaded from a local copy of a known one."""
+    known = _KNOWN_DATASETS.get(Path(name).name.lower())
+    if known:
+        return known
+    return name if re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not Path(name).exists() else None
+
+
+def _degradation_of(scheduler_config: dict[str, Any]) -> str:
+    """``BlurScheduler`` -> ``blur``: the degradation named by a cold scheduler's class."""
+    name = re.sub(r"(Cold)?(Diffusion)?Scheduler$", "", scheduler_config.get("_class_name", ""))
+    return re.sub(r"(?<!^)(?=[A-Z])", "-", name).lower() or "cold"
+
+
+def _objective(gaussian: bool, scheduler_config: dict[str, Any], training: dict[str, Any]) -> str:
+    if gaussian:
+        return f"predict `{scheduler_config.get('prediction_type', 'epsilon')}`, MSE"
+    return f"restore the clean image, {str(training.get('loss', 'l1')).upper()} loss"
+
+
+def _usage(repo_id: str, gaussian: bool, num_steps: int) -> str:
+    load = f'pipe = DiffusionPipeline.from_pretrained("{repo_id}", trust_remote_code=True)'
+    if gaussian:
+        return "\n".join(
+            [
+                "import torch",
+                "from diffusers import DDIMScheduler, DiffusionPipeline",
+                "",
+                load,
+                f"# DDPM uses all {num_steps} steps; DDIM built from the same config needs far fewer.",
+                "pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)",
+                "generator = torch.Generator().manual_seed(0)",
+                f"images = pipe(batch_size=16, num_inference_steps={min(50, num_steps)}, "
+                "generator=generator).images",
+                'images[0].save("sample.png")',
+            ]
+        )
+    return "\n".join(
+        [
+            "import torch",
+            "from diffusers import DiffusionPipeline",
+            "",
+            load,
+            "generator = torch.Generator().manual_seed(0)",
+            "# sampling: 'improved' (Algorithm 2 of Bansal et al.), 'naive' or 'direct'",
+            f"images = pipe(batch_size=16, num_inference_steps={num_steps}, generator=generator, "
+            'sampling="improved").images',
+            'images[0].save("sample.png")',
+        ]
+    )
+
+
+def _process(scheduler_config: dict[str, Any], training: dict[str, Any], gaussian: bool) -> str:
+    """The forward process: the scheduler's class and its settings, long arrays summarised."""
+    rows = [("Scheduler", f"`{scheduler_config.get('_class_name', '?')}`")]
+    if gaussian and training.get("noise_schedule"):
+        rows.append(("Beta schedule", f"`{training['noise_schedule']}`"))
+    # Explicit betas override the scheduler's own schedule settings, which would only mislead here.
+    ignored = {"beta_start", "beta_end", "beta_schedule"} if scheduler_config.get("trained_betas") else set()
+    for key, value in scheduler_config.items():
+        if key.startswith("_") or key in ignored or value is None:
+            continue
+        if isinstance(value, list) and value and all(isinstance(v, (int, float)) for v in value):
+            value = f"{len(value)} values, {value[0]:.4g} … {value[-1]:.4g}"
+        elif isinstance(value, (list, dict)):
+            continue
+        rows.append((f"`{key}`", f"`{value}`"))
+    return _table(rows, header=("Setting", "Value"))
+
+
+def _training(training: dict[str, Any]) -> str:
+    if not training:
+        return f"No `{TRAINING_CONFIG_FILE}` was saved with this pipeline."
+    summary = [
+        (key, f"`{training[key]}`")
+        for key in (
+            "model",
+            "n_hidden",
+            "unet_preset",
+            "num_epochs",
+            "max_train_steps",
+            "train_batch_size",
+            "learning_rate",
+            "lr_scheduler",
+            "use_ema",
+            "mixed_precision",
+            "seed",
+        )
+        if training.get(key) is not None
+    ]
+    full = yaml.safe_dump(training, sort_keys=False).strip()
+    return (
+        "Trained with `training/train.py` of the project; the main settings:\n\n"
+        f"{_table(summary, header=('Setting', 'Value'))}\n\n"
+        f"<details><summary>All arguments ({TRAINING_CONFIG_FILE})</summary>\n\n"
+        f"```yaml\n{full}\n```\n\n</details>"
+    )
+
+
+def _evaluation(metrics: dict[str, Any]) -> str:
+    if not metrics:
+        return (
+            "Not evaluated yet: run `scripts/evaluate.py` on the pipeline folder to add FID, KID, "
+            "Inception score and class balance."
+        )
+    flat = _flatten(metrics)
+    network = next(
+        (str(value) for key, value in flat.items() if key.split(".")[-1] in _FEATURE_NETWORK_KEYS), None
+    )
+    rows = [
+        (
+            _METRIC_LABELS.get(key.replace(".", "_"), f"`{key}`"),
+            f"{value:.4g}" if isinstance(value, float) else f"{value:,}",
+        )
+        for key, value in flat.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    ]
+    text = "Computed by `scripts/evaluate.py` (also in `metrics.json`)"
+    text += f", with features from **{network}**.\n\n" if network else ".\n\n"
+    return text + _table(rows, header=("Metric", "Value"))
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _table(rows: list[tuple[str, str]], header: tuple[str, str]) -> str:
+    lines = [f"| {header[0]} | {header[1]} |", "| --- | --- |"]
+    lines += [f"| {name} | {value} |" for name, value in rows]
+    return "\n".join(lines)
+
+
+def _write_sample_grid(folder: Path, path: Path) -> None:
+    """Reuse the trainer's newest sample grid, or draw one from the pipeline when there is none."""
+    grids = sorted(Path(folder, "samples").glob("*.png"))
+    if grids:
+        shutil.copy2(grids[-1], path)
+        return
+    pipeline = load_pipeline(str(folder))
+    steps = min(CARD_SAMPLE_STEPS, pipeline.scheduler.config.num_train_timesteps)
+    sampler = "ddim" if default_sampler(pipeline) == "ddpm" else None
+    images = generate(pipeline, NUM_CARD_SAMPLES, sampler, steps, seed=0)
+    save_image(images, path, nrow=int(math.isqrt(NUM_CARD_SAMPLES)), padding=2, pad_value=1.0)
