@@ -51,3 +51,25 @@ def real_mnist() -> Path:
     path = SHARED_DATA / "mnist"
     assert path.is_dir(), f"integration data missing: expected MNIST in the Hub layout at {path}"
     return path
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "browser: drives the Gradio demo in headless Chromium")
+
+
+@pytest.fixture(scope="session")
+def tiny_ddpm_folder(tmp_path_factory) -> Path:
+    """An untrained, tiny Gaussian ``DDPMPipeline`` (CourseworkCNN, T = 20) saved with ``save_pretrained``."""
+    from diffusers import DDPMPipeline
+
+    from models import CourseworkCNN
+    from schedulers import ddpm_scheduler
+
+    steps = 20
+    unet = CourseworkCNN(
+        n_hidden=(4, 4), time_embedding_frequencies=4, time_embedding_dim=8, num_train_timesteps=steps
+    )
+    folder = tmp_path_factory.mktemp("tiny_ddpm")
+    pipeline = DDPMPipeline(unet=unet, scheduler=ddpm_scheduler("linear", num_train_timesteps=steps))
+    pipeline.save_pretrained(folder)
+    return folder

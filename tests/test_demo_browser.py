@@ -1,0 +1,126 @@
+"""Drive the Gradio demo in headless Chromium: generate samples, check them, and check the error messages.
+
+Uses Debian's Chromium (``apt-get install chromium``); Playwright never downloads a browser here.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from playwright.sync_api import Page, expect, sync_playwright
+
+from tests.conftest import PROJECT_ROOT
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+START_TIMEOUT_S = 60
+SAMPLE_TIMEOUT_MS = 30_000
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_until_serving(url: str, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the demo exited with code {process.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"the demo did not start within {START_TIMEOUT_S} s:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def demo_url(tiny_ddpm_folder: Path, tmp_path_factory) -> Iterator[str]:
+    """Serve ``scripts/demo.py`` with the tiny pipeline on a free local port; stopped after the tests."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("demo") / "demo.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    command = [sys.executable, "scripts/demo.py", "--model", str(tiny_ddpm_folder), "--port", str(port)]
+    with open(log, "w") as output:
+        # No test digits to load: the tiny model is Gaussian, so the restoration panel stays hidden.
+        process = subprocess.Popen(
+            [*command, "--test_data", ""], cwd=PROJECT_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_until_serving(url, process, log)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def page(demo_url: str) -> Iterator[Page]:
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install chromium)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(demo_url)
+            yield page
+        finally:
+            browser.close()
+
+
+def _fetch_image(page: Page, src: str) -> Image.Image:
+    return Image.open(io.BytesIO(page.request.get(src).body()))
+
+
+def test_generate_fills_gallery_with_non_blank_images(page: Page, tmp_path: Path) -> None:
+    page.locator("#num-images input").fill("5")
+    page.locator("#steps input").fill("10")
+    page.locator("#generate").click()
+
+    thumbnails = page.locator("#samples img")
+    expect(thumbnails).to_have_count(5, timeout=SAMPLE_TIMEOUT_MS)
+    for src in thumbnails.evaluate_all("images => images.map(image => image.src)"):
+        pixels = np.asarray(_fetch_image(page, src).convert("L"))
+        assert pixels.std() > 10, f"blank sample {src}"
+    expect(page.locator("#timing")).to_contain_text("5 image(s), DDPM (ancestral), 10 steps")
+
+    process = _fetch_image(page, page.locator("#process img").get_attribute("src"))
+    assert process.n_frames > 2, "the reverse process should be animated"
+    page.screenshot(path=tmp_path / "demo.png", full_page=True)
+    assert (tmp_path / "demo.png").stat().st_size > 0
+
+
+def test_bad_settings_show_readable_errors(page: Page) -> None:
+    page.locator("#num-images input").fill("0")
+    page.locator("#generate").click()
+    expect(page.get_by_text("Number of images must be between 1 and 64, got 0")).to_be_visible()
+
+    page.locator("#num-images input").fill("2")
+    page.locator("#steps input").fill("21")
+    page.locator("#generate").click()
+    expect(page.get_by_text("Steps must be between 1 and 20, got 21")).to_be_visible()
+
+    model = page.locator("#model input")
+    model.fill("no-such/model")
+    model.press("Enter")
+    expect(page.get_by_text("could not load model 'no-such/model'")).to_be_visible()
