@@ -40,15 +40,13 @@ NUM_CARD_SAMPLES = 16
 CARD_SAMPLE_STEPS = 100
 
 _KNOWN_DATASETS = {"mnist": MNIST, "fashion_mnist": FASHION_MNIST}
+# Metric names as scripts/evaluate.py may spell them; a "_mean" / "_std" (or nested "mean" / "std") suffix
+# is reported under the same name.
 _METRIC_LABELS = {
     "fid": "FID ↓",
     "kid": "KID ↓",
-    "kid_mean": "KID ↓",
-    "kid_std": "KID (std)",
     "inception_score": "Inception score ↑",
     "is": "Inception score ↑",
-    "is_mean": "Inception score ↑",
-    "is_std": "Inception score (std)",
     "class_balance": "Class balance",
     "balance": "Class balance",
 }
@@ -62,7 +60,7 @@ CARD_TEMPLATE = """---
 
 {{ description }}
 
-![{{ num_samples }} samples]({{ sample_grid }})
+![Samples drawn from the model]({{ sample_grid }})
 
 ## Usage
 
@@ -179,7 +177,6 @@ def build_model_card(
         template_str=CARD_TEMPLATE,
         title=title,
         description=description,
-        num_samples=NUM_CARD_SAMPLES,
         sample_grid=sample_grid,
         usage=_usage(repo_id, gaussian, num_steps),
         model_table=_table(
@@ -495,7 +492,7 @@ def _evaluation(metrics: dict[str, Any]) -> str:
     )
     rows = [
         (
-            _METRIC_LABELS.get(key.replace(".", "_"), f"`{key}`"),
+            _metric_label(key),
             f"{value:.4g}" if isinstance(value, float) else f"{value:,}",
         )
         for key, value in flat.items()
@@ -504,6 +501,17 @@ def _evaluation(metrics: dict[str, Any]) -> str:
     text = "Computed by `scripts/evaluate.py` (also in `metrics.json`)"
     text += f", with features from **{network}**.\n\n" if network else ".\n\n"
     return text + _table(rows, header=("Metric", "Value"))
+
+
+def _metric_label(key: str) -> str:
+    """``kid.std`` or ``kid_std`` -> ``KID (std)``; names not in :data:`_METRIC_LABELS` stay as they are."""
+    name, _, statistic = key.replace(".", "_").rpartition("_")
+    if statistic not in ("mean", "std") or name not in _METRIC_LABELS:
+        name, statistic = key.replace(".", "_"), "mean"
+    label = _METRIC_LABELS.get(name)
+    if label is None:
+        return f"`{key}`"
+    return label if statistic == "mean" else f"{label.rstrip(' ↑↓')} (std)"
 
 
 def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
