@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -64,6 +65,11 @@ class ModelStore:
         name = (name or "").strip()
         if not name:
             raise ValueError("choose a model: a saved pipeline folder or a Hub id")
+        if name == DEFAULT_MODEL and not Path(name).exists():
+            raise ValueError(
+                f"there is no pipeline in {DEFAULT_MODEL} yet: train the quickstart model with "
+                f"`{TRAIN_COMMAND}` (a few minutes on a CPU), then restart the demo"
+            )
         with self._lock:
             if name not in self._pipelines:
                 try:
@@ -261,10 +267,7 @@ def build_demo(
         notice = ""
     except ValueError as error:
         first = None
-        notice = (
-            f"⚠️ {error}\n\nTrain the quickstart pipeline (it writes `{DEFAULT_MODEL}`) with "
-            f"`{TRAIN_COMMAND}`, then restart the demo, or type another saved folder or Hub id in **Model**."
-        )
+        notice = f"⚠️ {error}. You can also type a saved pipeline folder or a Hub id in **Model**."
     samplers = samplers_for(first) if first else ()
     sampler = samplers[0] if samplers else None
     cold = first is not None and not is_gaussian(first)
