@@ -9,7 +9,6 @@ images. Gaussian pipelines take ``--scheduler ddpm|ddim|dpmsolver``; cold ones `
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 from torchvision.utils import save_image
 
 from pipelines import load_pipeline
-from training.cli import run_cli
+from training.cli import ArgumentParser, run_cli
 from training.sampling import COLD_SAMPLERS, GAUSSIAN_SAMPLERS, generate
 
 OUTPUT_SUFFIXES = (".png", ".npy")
@@ -26,7 +25,7 @@ OUTPUT_SUFFIXES = (".png", ".npy")
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the flags, sample and write the output file."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="Saved pipeline folder (or Hub id).")
     parser.add_argument("--num_images", type=int, default=64)
     parser.add_argument("--scheduler", choices=GAUSSIAN_SAMPLERS + COLD_SAMPLERS, default=None)

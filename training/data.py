@@ -64,6 +64,12 @@ def load_split(dataset_name: str, split: str, limit: int | None = None) -> Image
     from datasets import load_dataset
 
     is_local = os.path.isdir(dataset_name)
+    # A Hub id is exactly "owner/name"; anything else that is not a folder is a mistyped local path.
+    if not is_local and (dataset_name.count("/") != 1 or dataset_name.startswith((".", "/", "~"))):
+        raise ValueError(
+            f"dataset folder {dataset_name!r} does not exist; pass a local folder in the Hub's parquet "
+            "layout (e.g. ../shared/data/mnist) or a Hub id such as ylecun/mnist"
+        )
     try:
         dataset = load_dataset(dataset_name, split=split)
     except ValueError as error:

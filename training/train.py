@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import schedulers  # noqa: E402
 from models import UNET_PRESETS, CourseworkCNN, unet_preset  # noqa: E402
 from schedulers import NOISE_SCHEDULES, ddpm_scheduler  # noqa: E402
-from training.cli import run_cli  # noqa: E402
+from training.cli import ArgumentParser, run_cli  # noqa: E402
 from training.data import MNIST, load_split, to_model_range  # noqa: E402
 from training.sampling import GAUSSIAN_SAMPLERS, generate  # noqa: E402
 
@@ -67,9 +67,9 @@ def _degradation_options() -> dict[str, inspect.Parameter]:
     return options
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> ArgumentParser:
     """The command-line interface; every flag can also be a key of the ``--config`` YAML file."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=str, default=None, help="YAML file of defaults for these flags.")
     data = parser.add_argument_group("data")
     data.add_argument(
@@ -97,26 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
     diffusion.add_argument("--degradation", type=str, default="gaussian")
     diffusion.add_argument("--noise_schedule", choices=NOISE_SCHEDULES, default="linear")
     diffusion.add_argument("--num_train_timesteps", type=int, default=None, help="T (default per process).")
-    diffusion.add_argument("--beta_start", type=float, default=1e-4)
-    diffusion.add_argument("--beta_end", type=float, default=0.02)
-    diffusion.add_argument("--max_beta", type=float, default=0.999, help="Clip of the cosine schedule.")
-    diffusion.add_argument("--constant_beta", type=float, default=0.01)
+    # Schedule parameters default to None: each scheduler then applies its own default.
+    diffusion.add_argument("--beta_start", type=float, default=None, help="Default 1e-4 (linear family).")
+    diffusion.add_argument("--beta_end", type=float, default=None, help="Default 0.02 (linear family).")
+    diffusion.add_argument("--max_beta", type=float, default=None, help="Cosine clip, default 0.999.")
+    diffusion.add_argument("--constant_beta", type=float, default=None, help="Default 0.01.")
     diffusion.add_argument(
         "--prediction_type", choices=("epsilon", "sample", "v_prediction"), default="epsilon"
     )
     diffusion.add_argument(
         "--loss", choices=("l1", "l2"), default=None, help="Default: l2 (Gaussian), l1 (cold)."
     )
-    cold = parser.add_argument_group("cold degradation options (defaults are each scheduler's own)")
-    for name, parameter in _degradation_options().items():
-        if name == "num_train_timesteps":
-            continue
-        if isinstance(parameter.default, bool):
-            cold.add_argument(f"--{name}", type=_parse_bool, default=None, metavar="BOOL")
-        else:
-            kind = type(parameter.default) if parameter.default is not None else str
-            cold.add_argument(f"--{name}", type=kind, default=None)
-
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--train_batch_size", type=int, default=128)
     optim.add_argument("--eval_batch_size", type=int, default=512)
@@ -141,6 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--checkpointing_steps", type=int, default=500)
     logs.add_argument("--checkpoints_total_limit", type=int, default=2)
     logs.add_argument("--resume_from_checkpoint", type=str, default=None, help="'latest' or a path.")
+    cold = parser.add_argument_group("cold degradation options (defaults are each scheduler's own)")
+    for name, parameter in _degradation_options().items():
+        if f"--{name}" in parser._option_string_actions:  # shared with the trainer, e.g. T, --seed
+            continue
+        if isinstance(parameter.default, bool):
+            cold.add_argument(f"--{name}", type=_parse_bool, default=None, metavar="BOOL")
+        else:
+            kind = type(parameter.default) if parameter.default is not None else str
+            cold.add_argument(f"--{name}", type=kind, default=None)
     return parser
 
 
@@ -203,18 +203,14 @@ def _validate(args: argparse.Namespace) -> None:
 def make_scheduler(args: argparse.Namespace):
     """The training scheduler: a ``DDPMScheduler`` with a named beta schedule, or a cold degradation."""
     if args.degradation == "gaussian":
-        return ddpm_scheduler(
-            schedule=args.noise_schedule,
-            num_train_timesteps=args.num_train_timesteps or 1000,
-            beta_start=args.beta_start,
-            beta_end=args.beta_end,
-            max_beta=args.max_beta,
-            constant_beta=args.constant_beta,
-            prediction_type=args.prediction_type,
-        )
-    factory = schedulers.DEGRADATIONS[args.degradation]
+        factory = ddpm_scheduler
+        args.num_train_timesteps = args.num_train_timesteps or 1000
+    else:
+        factory = schedulers.DEGRADATIONS[args.degradation]
     accepted = inspect.signature(factory).parameters
     options = {name: getattr(args, name) for name in accepted if getattr(args, name, None) is not None}
+    if "schedule" in accepted:
+        options["schedule"] = args.noise_schedule
     return factory(**options)
 
 
@@ -339,8 +335,8 @@ def save_sample_grid(pipeline, args, path: Path) -> None:
     save_image(images, path, nrow=int(math.ceil(math.sqrt(len(images)))), padding=2, pad_value=1.0)
 
 
-def train(args: argparse.Namespace) -> Path:
-    """Run the training described by ``args``; returns the output folder holding the saved pipeline."""
+def train(args: argparse.Namespace) -> torch.nn.Module:
+    """Run the training described by ``args`` and save the pipeline; returns this process's final model."""
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(
         # `accelerate launch --multi_gpu` on a machine without GPUs: data-parallel CPU processes over gloo.
@@ -515,14 +511,14 @@ def train(args: argparse.Namespace) -> Path:
 
     if global_step % args.checkpointing_steps != 0:
         save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+    final_model = accelerator.unwrap_model(model)
+    if ema_model is not None:
+        ema_model.copy_to(final_model.parameters())
     if accelerator.is_main_process:
-        final_model = accelerator.unwrap_model(model)
-        if ema_model is not None:
-            ema_model.copy_to(final_model.parameters())
         make_pipeline(final_model, scheduler).save_pretrained(str(output_dir))
         logger.info("Saved the pipeline to %s", output_dir)
     accelerator.end_training()
-    return output_dir
+    return final_model
 
 
 def _end_of_epoch(
