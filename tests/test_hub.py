@@ -21,13 +21,28 @@ from tests.conftest import run_python
 from training import hub
 
 REPO_ID = "someone/tiny-ddpm"
+# The shape of scripts/evaluate.py's output.
 METRICS = {
+    "model": "outputs/run",
+    "samples": None,
+    "feature_network": "mnist",
+    "scheduler": "ddim",
+    "num_inference_steps": 10,
+    "seed": 0,
+    "sampling_seconds": 1.5,
+    "images_per_second": 666.7,
+    "num_images": 1000.0,
     "fid": 12.5,
-    "kid": {"mean": 0.0123, "std": 0.0011},
-    "inception_score": {"mean": 8.25, "std": 0.1},
-    "class_balance": 0.97,
-    "feature_network": "MNISTClassifier",
-    "num_samples": 1000,
+    "fid_floor": 1.25,
+    "kid_mean": 0.0123,
+    "kid_std": 0.0011,
+    "inception_score_mean": 8.25,
+    "inception_score_std": 0.1,
+    "class_entropy": 0.97,
+    "mean_confidence": 0.9,
+    "class_histogram": [100] * 10,
+    "per_t": {"timesteps": [1, 10], "ks_pvalue": [0.0, 0.5]},
+    "figures": {"samples": "outputs/run/eval/metrics_samples.png"},
 }
 # Importing any of these in the loading process would mean the upload is not self-contained.
 PROJECT_PACKAGES = ("models", "schedulers", "pipelines", "training")
@@ -39,7 +54,8 @@ def trained_folder(tiny_ddpm_folder: Path, tmp_path: Path) -> Path:
     folder = shutil.copytree(tiny_ddpm_folder, tmp_path / "run")
     config = {"dataset_name": "../shared/data/mnist", "model": "cnn", "n_hidden": [4, 4], "num_epochs": 2}
     (folder / "training_config.yaml").write_text(yaml.safe_dump({**config, "noise_schedule": "linear"}))
-    (folder / "metrics.json").write_text(json.dumps(METRICS))
+    (folder / "eval").mkdir()
+    (folder / "eval" / "metrics.json").write_text(json.dumps(METRICS))
     (folder / "logs").mkdir()
     (folder / "logs" / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
     (folder / "samples").mkdir()
@@ -71,7 +87,7 @@ def test_stage_holds_exactly_the_upload(trained_folder: Path, tmp_path: Path) ->
     assert expected <= files
     extra = files - expected
     assert all(name.endswith(".py") for name in extra), f"only custom code may be added: {extra}"
-    assert not any(name.startswith(("logs", "samples/", "checkpoint")) for name in files)
+    assert not any(name.startswith(("logs", "eval", "samples/", "checkpoint")) for name in files)
     # The newest trainer grid is the card's picture.
     assert Image.open(staged / "samples.png").getpixel((0, 0)) == 200
     assert json.loads((staged / "metrics.json").read_text()) == METRICS
@@ -94,10 +110,12 @@ def test_model_card_metadata_and_content(trained_folder: Path, tmp_path: Path) -
     assert "| `num_train_timesteps` | `20` |" in text
     assert "20 values, 0.0001 … 0.02" in text
     assert "| FID ↓ | 12.5 |" in text
-    assert "| KID ↓ | 0.0123 |" in text
-    assert "| Inception score ↑ | 8.25 |" in text
-    assert "| Class balance | 0.97 |" in text
-    assert "features from **MNISTClassifier**" in text
+    assert "| FID of as many real training images (floor) | 1.25 |" in text
+    assert "| KID ↓ | 0.0123 ± 0.0011 |" in text
+    assert "| Inception-style score ↑ (max 10) | 8.25 ± 0.1 |" in text
+    assert "| Class balance: normalised entropy of the predicted digits ↑ (1 = uniform) | 0.97 |" in text
+    assert "features from the project's MNIST classifier" in text
+    assert "`scheduler` = ddim, `num_inference_steps` = 10" in text
     assert "num_epochs: 2" in text
 
 

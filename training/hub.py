@@ -40,17 +40,23 @@ NUM_CARD_SAMPLES = 16
 CARD_SAMPLE_STEPS = 100
 
 _KNOWN_DATASETS = {"mnist": MNIST, "fashion_mnist": FASHION_MNIST}
-# Metric names as scripts/evaluate.py may spell them; a "_mean" / "_std" (or nested "mean" / "std") suffix
-# is reported under the same name.
-_METRIC_LABELS = {
-    "fid": "FID ↓",
-    "kid": "KID ↓",
-    "inception_score": "Inception score ↑",
-    "is": "Inception score ↑",
-    "class_balance": "Class balance",
-    "balance": "Class balance",
+# Metrics of scripts/evaluate.py as the card lists them; a "<key>_mean" with a "<key>_std" is shown as
+# mean ± std. Other numeric top-level keys follow under their own names.
+_METRIC_ROWS = (
+    ("fid", "FID ↓"),
+    ("fid_floor", "FID of as many real training images (floor)"),
+    ("kid", "KID ↓"),
+    ("inception_score", "Inception-style score ↑ (max 10)"),
+    ("class_entropy", "Class balance: normalised entropy of the predicted digits ↑ (1 = uniform)"),
+    ("mean_confidence", "Mean classifier confidence ↑"),
+    ("images_per_second", "Sampling speed (images / s)"),
+)
+# Run settings rather than scores: reported in the sentence above the table.
+_METRIC_SETTINGS = ("num_images", "scheduler", "num_inference_steps", "seed", "sampling_seconds")
+_FEATURE_NETWORKS = {
+    "mnist": "the project's MNIST classifier (`models/mnist_classifier.py`, penultimate layer)",
+    "inception": "Inception-v3 (pool features)",
 }
-_FEATURE_NETWORK_KEYS = ("feature_network", "feature_extractor", "features", "classifier")
 
 CARD_TEMPLATE = """---
 {{ card_data }}
@@ -90,7 +96,8 @@ def read_metrics(folder: str | os.PathLike, metrics_path: str | os.PathLike | No
     """Read the metrics written by ``scripts/evaluate.py``.
 
     Args:
-        folder: a saved pipeline folder; its ``metrics.json`` is used when ``metrics_path`` is not given.
+        folder: a saved pipeline folder; without ``metrics_path``, its ``metrics.json`` or else
+            ``eval/metrics.json`` (where the README's evaluation command writes) is read when present.
         metrics_path: an explicit metrics JSON file.
 
     Returns:
@@ -99,11 +106,15 @@ def read_metrics(folder: str | os.PathLike, metrics_path: str | os.PathLike | No
     Raises:
         ValueError: if ``metrics_path`` is given but missing, or a metrics file is not a JSON object.
     """
-    path = Path(metrics_path) if metrics_path is not None else Path(folder, METRICS_FILE)
-    if not path.is_file():
-        if metrics_path is not None:
+    if metrics_path is not None:
+        path = Path(metrics_path)
+        if not path.is_file():
             raise ValueError(f"metrics file {str(path)!r} does not exist; run scripts/evaluate.py first")
-        return {}
+    else:
+        found = [p for p in (Path(folder, METRICS_FILE), Path(folder, "eval", METRICS_FILE)) if p.is_file()]
+        if not found:
+            return {}
+        path = found[0]
     try:
         metrics = json.loads(path.read_text())
     except json.JSONDecodeError as error:
@@ -486,42 +497,38 @@ def _evaluation(metrics: dict[str, Any]) -> str:
             "Not evaluated yet: run `scripts/evaluate.py` on the pipeline folder to add FID, KID, "
             "Inception score and class balance."
         )
-    flat = _flatten(metrics)
-    network = next(
-        (str(value) for key, value in flat.items() if key.split(".")[-1] in _FEATURE_NETWORK_KEYS), None
-    )
-    rows = [
-        (
-            _metric_label(key),
-            f"{value:.4g}" if isinstance(value, float) else f"{value:,}",
-        )
-        for key, value in flat.items()
-        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    rows, used = [], set(_METRIC_SETTINGS)
+    for key, label in _METRIC_ROWS:
+        mean, std = metrics.get(key, metrics.get(f"{key}_mean")), metrics.get(f"{key}_std")
+        used |= {key, f"{key}_mean", f"{key}_std"}
+        if _is_number(mean):
+            rows.append((label, _format(mean) + (f" ± {_format(std)}" if _is_number(std) else "")))
+    rows += [
+        (f"`{key}`", _format(value))
+        for key, value in metrics.items()
+        if key not in used and _is_number(value)
     ]
-    text = "Computed by `scripts/evaluate.py` (also in `metrics.json`)"
-    text += f", with features from **{network}**.\n\n" if network else ".\n\n"
-    return text + _table(rows, header=("Metric", "Value"))
+
+    network = metrics.get("feature_network")
+    text = "Computed by `scripts/evaluate.py` against the MNIST test set (all values in `metrics.json`)"
+    if network:
+        text += f"; FID and KID use features from {_FEATURE_NETWORKS.get(network, f'`{network}`')}"
+    settings = [
+        f"`{key}` = {_format(metrics[key]) if _is_number(metrics[key]) else metrics[key]}"
+        for key in _METRIC_SETTINGS
+        if metrics.get(key) is not None
+    ]
+    if settings:
+        text += f". Samples: {', '.join(settings)}"
+    return f"{text}.\n\n{_table(rows, header=('Metric', 'Value'))}"
 
 
-def _metric_label(key: str) -> str:
-    """``kid.std`` or ``kid_std`` -> ``KID (std)``; names not in :data:`_METRIC_LABELS` stay as they are."""
-    name, _, statistic = key.replace(".", "_").rpartition("_")
-    if statistic not in ("mean", "std") or name not in _METRIC_LABELS:
-        name, statistic = key.replace(".", "_"), "mean"
-    label = _METRIC_LABELS.get(name)
-    if label is None:
-        return f"`{key}`"
-    return label if statistic == "mean" else f"{label.rstrip(' ↑↓')} (std)"
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+def _format(value: float) -> str:
+    return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
 
 
 def _table(rows: list[tuple[str, str]], header: tuple[str, str]) -> str:
