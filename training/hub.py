@@ -538,10 +538,14 @@ def _table(rows: list[tuple[str, str]], header: tuple[str, str]) -> str:
 
 
 def _write_sample_grid(folder: Path, path: Path) -> None:
-    """Reuse the trainer's newest sample grid, or draw one from the pipeline when there is none."""
-    grids = sorted(Path(folder, "samples").glob("*.png"))
-    if grids:
-        shutil.copy2(grids[-1], path)
+    """Copy an existing sample grid to ``path``, or draw one from the pipeline when there is none.
+
+    ``samples.png`` (written by ``make quickstart``) comes first, then the trainer's newest per-epoch grid.
+    """
+    grids = [Path(folder, SAMPLE_GRID_FILE)] + sorted(Path(folder, "samples").glob("*.png"), reverse=True)
+    existing = [grid for grid in grids if grid.is_file()]
+    if existing:
+        shutil.copy2(existing[0], path)
         return
     pipeline = load_pipeline(str(folder))
     steps = min(CARD_SAMPLE_STEPS, pipeline.scheduler.config.num_train_timesteps)
