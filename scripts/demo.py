@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--test_data",
         default=DEFAULT_TEST_DATA,
-        help="Dataset whose test digits can be picked for restoration (Hub id or local folder).",
+        help="Dataset whose test digits can be picked for restoration: a local folder or a Hub id such as "
+        "ylecun/mnist (default: ../shared/data/mnist when present, else none; uploads always work).",
     )
     args = parser.parse_args(argv)
     if not 1 <= args.port <= 65535:
