@@ -153,11 +153,12 @@ def reverse_process_gif(model_inputs: list[torch.Tensor], final01: torch.Tensor)
 
 def prepare_digit(image: np.ndarray, size: int) -> torch.Tensor:
     """A picture as a ``uint8`` MNIST-style digit ``(1, size, size)``: grey, resized, light on dark."""
-    digit = Image.fromarray(image).convert("L").resize((size, size), Image.Resampling.BILINEAR)
-    pixels = np.asarray(digit)
+    # Box filtering averages each pixel's area: it undoes the demo's own upscaling exactly.
+    digit = Image.fromarray(image).convert("L").resize((size, size), Image.Resampling.BOX)
+    pixels = np.array(digit)
     if pixels.mean() > 127:  # a dark digit on a light background, as people draw them
         pixels = 255 - pixels
-    return torch.from_numpy(np.ascontiguousarray(pixels)).unsqueeze(0)
+    return torch.from_numpy(pixels).unsqueeze(0)
 
 
 def load_test_digits(dataset: str | None) -> list[np.ndarray]:
@@ -335,7 +336,7 @@ def build_demo(
                 [Image.fromarray(image) for image in test_digits],
                 label="Test digits (click one)",
                 columns=10,
-                height="auto",
+                height=140,
                 allow_preview=False,
                 visible=bool(test_digits),
             )
@@ -371,7 +372,7 @@ def build_demo(
             return _as_page_error(degrade_digit, _loaded(store, name), image, int(t))
 
         def pick(event: gr.SelectData):
-            return test_digits[event.index]
+            return to_pil(torch.from_numpy(test_digits[event.index])[None, None] / 255.0)
 
         model.change(
             select_model, model, [about, sampler_choice, steps, cold_panel, timestep], show_progress="minimal"
