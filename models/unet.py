@@ -9,6 +9,14 @@ from diffusers import UNet2DModel
 UNET_PRESETS: dict[str, dict[str, Any]] = {
     # 28 -> 14 -> 7: two downsamplings keep every feature map an integer size; attention only at 7x7,
     # where it is cheap, so the model trains at a useful speed on a laptop CPU.
+    # About the coursework CNN's cost per image on a CPU, with a far larger receptive field.
+    "tiny": {
+        "block_out_channels": (16, 32, 64),
+        "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+        "up_block_types": ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        "layers_per_block": 1,
+        "norm_num_groups": 8,
+    },
     "small": {
         "block_out_channels": (32, 64, 64),
         "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),

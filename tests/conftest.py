@@ -14,11 +14,18 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 
 
-def run_python(*args: str, timeout: float = 600, cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess:
-    """Run ``python ARGS`` (a script or ``-m``/``-c``) in a fresh process; output is captured as text."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+def run_python(
+    *args: str, timeout: float = 600, cwd: Path = PROJECT_ROOT, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run ``python ARGS`` (a script or ``-m``/``-c``) offline in a fresh process; output is captured."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     return subprocess.run(
-        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, *args],
+        cwd=cwd,
+        env={**full_env, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

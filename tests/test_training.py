@@ -123,11 +123,14 @@ def test_two_cpu_processes_train_data_parallel_with_identical_weights(synthetic_
         (["--beta_start", "0.5", "--beta_end", "0.1"], "beta_start=0.5 must be smaller than beta_end=0.1"),
         (["--train_batch_size", "0"], "--train_batch_size must be at least 1, got 0"),
         (["--config", "no_such.yaml"], "config file 'no_such.yaml' does not exist"),
+        (["--push_to_hub"], "--push_to_hub needs --hub_model_id USER/NAME"),
+        (["--push_to_hub", "--hub_model_id", "me/ddpm"], "--push_to_hub needs a Hugging Face token"),
+        (["--eval_epochs", "0"], "--eval_epochs must be >= 1"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(flags, message, synthetic_mnist, tmp_path):
     args = ["--dataset_name", str(synthetic_mnist), "--output_dir", str(tmp_path / "out"), *TINY, *flags]
-    result = run_python("training/train.py", *args)
+    result = run_python("training/train.py", *args, env={"HF_TOKEN": "", "HF_HOME": str(tmp_path / "hf")})
     assert result.returncode == 2
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr

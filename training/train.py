@@ -13,6 +13,7 @@ saved with ``save_pretrained(OUTPUT_DIR)``.
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import json
 import logging
@@ -33,6 +34,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from diffusers import DDPMPipeline, DDPMScheduler
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
+from huggingface_hub import get_token
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision.utils import save_image
 from tqdm.auto import tqdm
@@ -44,7 +46,7 @@ import schedulers  # noqa: E402
 from models import UNET_PRESETS, CourseworkCNN, unet_preset  # noqa: E402
 from schedulers import NOISE_SCHEDULES, ddpm_scheduler  # noqa: E402
 from training.cli import ArgumentParser, run_cli  # noqa: E402
-from training.data import MNIST, load_split, to_model_range  # noqa: E402
+from training.data import MNIST, load_split, to_model_range, to_unit_range  # noqa: E402
 from training.sampling import GAUSSIAN_SAMPLERS, generate  # noqa: E402
 
 logger = get_logger(__name__)
@@ -129,6 +131,8 @@ def build_parser() -> ArgumentParser:
     logs.add_argument("--num_sample_images", type=int, default=64)
     logs.add_argument("--sample_scheduler", choices=GAUSSIAN_SAMPLERS, default="ddpm", help="Gaussian grids.")
     logs.add_argument("--sample_inference_steps", type=int, default=None, help="Default: T.")
+    logs.add_argument("--eval_epochs", type=int, default=None, help="FID/KID/IS/balance every E epochs.")
+    logs.add_argument("--eval_num_images", type=int, default=500, help="Samples per evaluation.")
     logs.add_argument("--checkpointing_steps", type=int, default=500)
     logs.add_argument("--checkpoints_total_limit", type=int, default=2)
     logs.add_argument("--resume_from_checkpoint", type=str, default=None, help="'latest' or a path.")
@@ -141,6 +145,11 @@ def build_parser() -> ArgumentParser:
         else:
             kind = type(parameter.default) if parameter.default is not None else str
             cold.add_argument(f"--{name}", type=kind, default=None)
+    hub = parser.add_argument_group("Hugging Face Hub")
+    hub.add_argument("--push_to_hub", action="store_true", help="Upload the pipeline and a model card.")
+    hub.add_argument("--hub_model_id", type=str, default=None, help="USER/NAME of the model repo.")
+    hub.add_argument("--hub_private_repo", action="store_true")
+    hub.add_argument("--hub_token", type=str, default=None, help="Default: HF_TOKEN or `hf auth login`.")
     return parser
 
 
@@ -194,6 +203,20 @@ def _validate(args: argparse.Namespace) -> None:
         raise ValueError(f"--max_train_steps must be at least 1, got {args.max_train_steps}")
     if args.learning_rate <= 0:
         raise ValueError(f"--learning_rate must be positive, got {args.learning_rate}")
+    if args.eval_epochs is not None and (args.eval_epochs < 1 or args.eval_num_images < 2):
+        raise ValueError(
+            f"--eval_epochs must be >= 1 and --eval_num_images >= 2, got {args.eval_epochs} and "
+            f"{args.eval_num_images}"
+        )
+    if args.push_to_hub:
+        # Checked before training so that a long run does not end in a failed upload.
+        if not args.hub_model_id:
+            raise ValueError("--push_to_hub needs --hub_model_id USER/NAME")
+        if not (args.hub_token or get_token()):
+            raise ValueError(
+                "--push_to_hub needs a Hugging Face token: run `hf auth login`, set HF_TOKEN "
+                "or pass --hub_token"
+            )
     if args.resume_from_checkpoint not in (None, "latest") and not os.path.isdir(args.resume_from_checkpoint):
         raise ValueError(
             f"--resume_from_checkpoint {args.resume_from_checkpoint!r}: no such checkpoint folder"
@@ -325,6 +348,21 @@ def validation_loss(model, scheduler, images: torch.Tensor, args, accelerator: A
         total += compute_loss(prediction, target, args.loss).item() * len(x0)
         count += len(x0)
     return total / count
+
+
+def evaluate_quality(pipeline, reference01: torch.Tensor, args) -> dict[str, float]:
+    """FID/KID/IS/class balance of ``--eval_num_images`` samples against real images in ``[0, 1]``."""
+    from training.metrics import sample_quality
+
+    sampler = args.sample_scheduler if isinstance(pipeline, DDPMPipeline) else None
+    samples = generate(pipeline, args.eval_num_images, sampler, args.sample_inference_steps, seed=args.seed)
+    # The same reference object every call: sample_quality caches its features by identity.
+    return sample_quality(samples, reference01, device=pipeline.device)
+
+
+@functools.lru_cache(maxsize=1)
+def _unit_range_cache(images: torch.Tensor) -> torch.Tensor:
+    return to_unit_range(to_model_range(images))
 
 
 def save_sample_grid(pipeline, args, path: Path) -> None:
@@ -517,6 +555,11 @@ def train(args: argparse.Namespace) -> torch.nn.Module:
     if accelerator.is_main_process:
         make_pipeline(final_model, scheduler).save_pretrained(str(output_dir))
         logger.info("Saved the pipeline to %s", output_dir)
+        if args.push_to_hub:
+            from training.hub import push_pipeline
+
+            url = push_pipeline(output_dir, args.hub_model_id, args.hub_private_repo, args.hub_token)
+            logger.info("Uploaded the pipeline to %s", url)
     accelerator.end_training()
     return final_model
 
@@ -546,9 +589,15 @@ def _end_of_epoch(
     accelerator.log({"val_loss": val_loss}, step=global_step)
     metrics_log.write({"step": global_step, "epoch": epoch, "val_loss": val_loss})
     logger.info("epoch %d step %d: validation loss %.5f", epoch, global_step, val_loss)
-    if accelerator.is_main_process and ((epoch + 1) % args.save_images_epochs == 0 or end_of_run):
+    if accelerator.is_main_process:
         pipeline = make_pipeline(accelerator.unwrap_model(model), scheduler)
-        save_sample_grid(pipeline, args, Path(args.output_dir, "samples", f"epoch_{epoch:03d}.png"))
+        if (epoch + 1) % args.save_images_epochs == 0 or end_of_run:
+            save_sample_grid(pipeline, args, Path(args.output_dir, "samples", f"epoch_{epoch:03d}.png"))
+        if args.eval_epochs and ((epoch + 1) % args.eval_epochs == 0 or end_of_run):
+            quality = evaluate_quality(pipeline, _unit_range_cache(validation_images), args)
+            accelerator.log(quality, step=global_step)
+            metrics_log.write({"step": global_step, "epoch": epoch, **quality})
+            logger.info("epoch %d: FID %.2f, IS %.2f", epoch, quality["fid"], quality["inception_score_mean"])
     if ema_model is not None:
         ema_model.restore(model.parameters())
     model.train()
