@@ -1,0 +1,362 @@
+"""The shared base of every cold-diffusion scheduler (Bansal et al., 2022, "Cold Diffusion").
+
+A subclass defines only its degradation ``D(x_0, t)`` (and, where it has one, the random draw that makes it
+stochastic and the low-dimensional space of ``D(x, T)``); the samplers, the training examples and the
+Gaussian-mixture prior over ``D(x, T)`` used for unconditional generation are written once, here.
+
+Like every file of this package it imports only torch, numpy and diffusers (plus same-folder siblings), so a
+saved pipeline can ship it as custom code for ``trust_remote_code=True``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers.configuration_utils import ConfigMixin
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+SAMPLING_METHODS = ("improved", "naive", "direct")
+PRIOR_FILE_NAME = "prior.npz"
+
+
+@dataclass
+class ColdSchedulerOutput(BaseOutput):
+    """Output of a cold scheduler's ``step``.
+
+    Args:
+        prev_sample: ``x_{s'}``, the sample at the next (smaller) timestep; the next model input.
+        pred_original_sample: ``x0_hat``, the clean image predicted at this step.
+    """
+
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor
+
+
+def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    """Raise a ``ValueError`` naming ``value`` and the allowed choices unless ``value`` is one of them."""
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not supported; choose one of {', '.join(allowed)}")
+
+
+def uniform_tensor(
+    shape: tuple[int, ...], generator: torch.Generator | None = None, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Uniform ``[0, 1)`` draws made on the generator's device, so a CPU generator can drive GPU runs."""
+    source = generator.device if generator is not None else "cpu"
+    return torch.rand(shape, generator=generator, device=source).to(device or "cpu")
+
+
+class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
+    """Base of the cold-diffusion schedulers: ``D(x_0, t)`` for ``t = 0 .. T`` with ``D(x_0, 0) = x_0``.
+
+    The model ``R(x_t, t)`` predicts ``x_0``; :meth:`step` turns that prediction into the next sample with
+    Bansal's Algorithm 2 (``improved``, ``x_{s-1} = x_s - D(x0_hat, s) + D(x0_hat, s-1)``), Algorithm 1
+    (``naive``, ``x_{s-1} = D(x0_hat, s-1)``) or ``direct`` (``x0_hat`` itself). Stochastic degradations
+    draw their randomness once per sampling run (:meth:`sampling_draw`), so ``D(x0_hat, s)`` and
+    ``D(x0_hat, s-1)`` share it and severity grows monotonically in ``t``.
+
+    Subclasses decorate their ``__init__`` with ``@register_to_config`` (its config must include
+    ``num_train_timesteps``, ``sampling`` and ``start_noise``), call ``super().__init__()`` last, and
+    implement :meth:`_degrade`; stochastic ones also implement :meth:`draw`.
+    """
+
+    order = 1
+    # Prior: a Gaussian mixture fitted on at most this many D(x, T), in at most this many PCA dimensions.
+    prior_components = 20
+    prior_max_dim = 32
+    prior_fit_images = 10_000
+
+    def __init__(self):
+        self.prior: dict[str, torch.Tensor] = {}
+        self.num_inference_steps: int | None = None
+        self.timesteps = torch.arange(self.config.num_train_timesteps, 0, -1)
+        self._sampling_draw: torch.Tensor | None = None
+        self._sampling_shape: tuple[int, ...] | None = None
+
+    # ----- the degradation --------------------------------------------------------------------------------
+
+    def draw(
+        self,
+        shape: tuple[int, ...],
+        generator: torch.Generator | None = None,
+        device: torch.device | None = None,
+    ) -> torch.Tensor | None:
+        """The random numbers that fix a stochastic degradation of a batch (``None``: deterministic)."""
+        return None
+
+    def _degrade(self, x0: torch.Tensor, t: torch.Tensor, draw: torch.Tensor | None) -> torch.Tensor:
+        """``D(x0, t)`` for a ``(batch,)`` long tensor ``t`` in ``[0, T]`` and a draw from :meth:`draw`."""
+        raise NotImplementedError
+
+    def degrade(
+        self,
+        x0: torch.Tensor,
+        t: int | torch.Tensor,
+        generator: torch.Generator | None = None,
+        draw: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Degrade clean images: ``x_t = D(x0, t)``.
+
+        Args:
+            x0: images in ``[-1, 1]``, shape ``(batch, channels, height, width)``.
+            t: a timestep in ``[0, T]`` or one per image, shape ``(batch,)``.
+            generator: drives a fresh random draw when ``draw`` is not given.
+            draw: the randomness to reuse (from :meth:`draw` or :meth:`sampling_draw`).
+
+        Returns:
+            The degraded images, same shape as ``x0``.
+
+        Raises:
+            ValueError: if a timestep is outside ``[0, T]``.
+        """
+        num_train_timesteps = self.config.num_train_timesteps
+        t = torch.as_tensor(t, device=x0.device).long().reshape(-1).expand(x0.shape[0])
+        if t.numel() and (t.min() < 0 or t.max() > num_train_timesteps):
+            raise ValueError(f"timesteps {t.tolist()} must lie in [0, {num_train_timesteps}]")
+        if draw is None:
+            draw = self.draw(tuple(x0.shape), generator, x0.device)
+        return self._degrade(x0, t, draw)
+
+    # ----- sampling ---------------------------------------------------------------------------------------
+
+    def set_timesteps(self, num_inference_steps: int | None = None, device: torch.device | str | None = None):
+        """Choose the descending timesteps of a sampling run (``T`` down to 1) and start a new random draw.
+
+        Args:
+            num_inference_steps: number of model calls, in ``[1, T]``; ``None`` means ``T``.
+            device: where the timesteps live.
+
+        Raises:
+            ValueError: if ``num_inference_steps`` is outside ``[1, T]``.
+        """
+        num_train_timesteps = self.config.num_train_timesteps
+        steps = num_train_timesteps if num_inference_steps is None else num_inference_steps
+        if not 1 <= steps <= num_train_timesteps:
+            raise ValueError(f"num_inference_steps={steps} must lie in [1, {num_train_timesteps}]")
+        grid = np.linspace(num_train_timesteps, 1, steps).round().astype(np.int64)
+        self.num_inference_steps = steps
+        self.timesteps = torch.from_numpy(grid).to(device)
+        self._sampling_draw = None
+
+    def sampling_draw(
+        self,
+        shape: tuple[int, ...],
+        generator: torch.Generator | None = None,
+        device: torch.device | None = None,
+    ) -> torch.Tensor | None:
+        """The draw of the current run: made on first use after :meth:`set_timesteps`, then reused."""
+        if self._sampling_draw is None or self._sampling_shape != tuple(shape):
+            self._sampling_draw = self.draw(tuple(shape), generator, device)
+            self._sampling_shape = tuple(shape)
+        return self._sampling_draw
+
+    def previous_timestep(self, timestep: int | torch.Tensor) -> int:
+        """The timestep after ``timestep`` in the current run (0 after the last)."""
+        later = self.timesteps[self.timesteps < int(timestep)]
+        return int(later.max()) if len(later) else 0
+
+    def _resolve_sampling(self, sampling: str | None) -> str:
+        sampling = sampling or self.config.sampling
+        check_choice("sampling", sampling, SAMPLING_METHODS)
+        return sampling
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int | torch.Tensor,
+        sample: torch.Tensor,
+        generator: torch.Generator | None = None,
+        sampling: str | None = None,
+        return_dict: bool = True,
+    ) -> ColdSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
+        """One reverse step from ``timestep`` ``s`` to the run's next timestep ``s'``.
+
+        Args:
+            model_output: ``x0_hat = R(x_s, s)``, the predicted clean images.
+            timestep: the current timestep ``s``.
+            sample: the current sample ``x_s``.
+            generator: drives the run's random draw if it has not been made yet.
+            sampling: ``improved`` (``x_s - D(x0_hat, s) + D(x0_hat, s')``), ``naive`` (``D(x0_hat, s')``) or
+                ``direct`` (``x0_hat``); ``None`` uses the config.
+            return_dict: return a :class:`ColdSchedulerOutput` instead of a tuple.
+
+        Returns:
+            ``(prev_sample, pred_original_sample)``.
+        """
+        sampling = self._resolve_sampling(sampling)
+        x0_hat = model_output
+        if sampling == "direct":
+            prev_sample = x0_hat
+        else:
+            draw = self.sampling_draw(tuple(sample.shape), generator, sample.device)
+            prev_sample = self.degrade(x0_hat, self.previous_timestep(timestep), draw=draw)
+            if sampling == "improved":
+                prev_sample = prev_sample + sample - self.degrade(x0_hat, timestep, draw=draw)
+        if not return_dict:
+            return (prev_sample, x0_hat)
+        return ColdSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0_hat)
+
+    # ----- training ---------------------------------------------------------------------------------------
+
+    def training_timesteps(
+        self,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> torch.Tensor:
+        """Timesteps for a training batch, uniform in ``[1, T]``."""
+        source = generator.device if generator is not None else "cpu"
+        high = self.config.num_train_timesteps + 1
+        return torch.randint(1, high, (batch_size,), generator=generator, device=source).to(device or "cpu")
+
+    def training_example(
+        self, x0: torch.Tensor, timesteps: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(model_input, target)`` for a training batch: ``(D(x0, t), x0)`` with a fresh draw per image."""
+        return self.degrade(x0, timesteps, generator), x0
+
+    # ----- the prior over D(x, T), for unconditional generation --------------------------------------------
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Map ``D(x, T)`` to the features the prior is fitted in (default: all pixels)."""
+        return x.flatten(1)
+
+    def decode(self, features: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`encode`: features back to ``(batch, 1, H, W)`` images."""
+        size = int(round(features.shape[1] ** 0.5))
+        return features.reshape(-1, 1, size, size)
+
+    def fit_prior(self, x0_train: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        """Fit the Gaussian mixture over ``encode(D(x, T))`` that :meth:`prior_sample` draws starts from.
+
+        Features with more than ``prior_max_dim`` dimensions are first projected on their principal axes.
+
+        Args:
+            x0_train: training images in ``[-1, 1]``, shape ``(N, 1, H, W)``; ``prior_fit_images`` are used.
+            generator: picks the subsample, the stochastic draws and the mixture's initialisation.
+        """
+        from sklearn.mixture import GaussianMixture
+        from threadpoolctl import threadpool_limits
+
+        subset = torch.randperm(len(x0_train), generator=generator)[: self.prior_fit_images]
+        x0 = x0_train[subset].float().cpu()
+        num_train_timesteps = self.config.num_train_timesteps
+        features = self.encode(self.degrade(x0, num_train_timesteps, generator)).double()
+        mean = features.mean(0)
+        centred = features - mean
+        if features.shape[1] > self.prior_max_dim:
+            basis = torch.linalg.svd(centred, full_matrices=False).Vh[: self.prior_max_dim]
+        else:
+            basis = torch.eye(features.shape[1], dtype=features.dtype)
+        coordinates = (centred @ basis.T).numpy()
+        distinct = len(np.unique(coordinates.round(6), axis=0))
+        seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+        mixture = GaussianMixture(
+            min(self.prior_components, distinct), covariance_type="full", random_state=seed
+        )
+        # Threaded BLAS makes EM many times slower on a small, shared machine.
+        with threadpool_limits(1):
+            mixture.fit(coordinates)
+        self.prior = {
+            "feature_mean": mean.float(),
+            "basis": basis.float(),
+            "weights": torch.from_numpy(mixture.weights_).float(),
+            "means": torch.from_numpy(mixture.means_).float(),
+            "cholesky": torch.linalg.cholesky(torch.from_numpy(mixture.covariances_)).float(),
+        }
+
+    def prior_sample(
+        self,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        start_noise: float | None = None,
+    ) -> torch.Tensor:
+        """Draw sampling starts ``x_T`` from the fitted prior, plus ``start_noise * N(0, I)``.
+
+        Args:
+            batch_size: number of starts.
+            generator: drives the draw.
+            device: where the starts live.
+            start_noise: standard deviation of the added noise; ``None`` uses the config.
+
+        Raises:
+            ValueError: if no prior has been fitted or loaded.
+        """
+        if not self.prior:
+            raise ValueError(
+                f"{type(self).__name__} has no prior to sample starts from; call fit_prior(train_images) "
+                "before saving, or pass start_images to restore"
+            )
+        prior = self.prior
+        component = torch.multinomial(prior["weights"], batch_size, replacement=True, generator=generator)
+        normal = randn_tensor((batch_size, prior["means"].shape[1], 1), generator=generator)
+        coordinates = prior["means"][component] + (prior["cholesky"][component] @ normal).squeeze(-1)
+        starts = self.decode(coordinates @ prior["basis"] + prior["feature_mean"]).clamp(-1, 1)
+        return self._add_start_noise(starts, generator, start_noise).to(device or "cpu")
+
+    def _add_start_noise(
+        self, starts: torch.Tensor, generator: torch.Generator | None, start_noise: float | None
+    ) -> torch.Tensor:
+        start_noise = self.config.start_noise if start_noise is None else start_noise
+        if start_noise < 0:
+            raise ValueError(f"start_noise={start_noise} must be >= 0")
+        if start_noise == 0:
+            return starts
+        return starts + start_noise * randn_tensor(starts.shape, generator=generator, device=starts.device)
+
+    # ----- saving the prior beside the config --------------------------------------------------------------
+
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> None:
+        """Save the config and, when fitted, the prior as ``prior.npz`` in ``save_directory``."""
+        os.makedirs(save_directory, exist_ok=True)
+        if self.prior:
+            arrays = {name: value.cpu().numpy() for name, value in self.prior.items()}
+            np.savez(os.path.join(save_directory, PRIOR_FILE_NAME), **arrays)
+        super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike | None = None,
+        subfolder: str | None = None,
+        return_unused_kwargs: bool = False,
+        **kwargs,
+    ):
+        """Load the config and, when present, the prior saved by :meth:`save_pretrained`."""
+        loaded = super().from_pretrained(
+            pretrained_model_name_or_path,
+            subfolder=subfolder,
+            return_unused_kwargs=return_unused_kwargs,
+            **kwargs,
+        )
+        scheduler = loaded[0] if return_unused_kwargs else loaded
+        prior_file = _find_file(str(pretrained_model_name_or_path), subfolder, PRIOR_FILE_NAME, kwargs)
+        if prior_file is not None:
+            with np.load(prior_file, allow_pickle=False) as arrays:
+                scheduler.prior = {name: torch.from_numpy(arrays[name]) for name in arrays.files}
+        return loaded
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+
+def _find_file(repo_or_folder: str, subfolder: str | None, file_name: str, hub_kwargs: dict) -> str | None:
+    """The local path of ``file_name`` in a folder or Hub repository, or ``None`` if it has none."""
+    local = os.path.join(repo_or_folder, subfolder or "", file_name)
+    if os.path.isdir(repo_or_folder):
+        return local if os.path.isfile(local) else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import EntryNotFoundError
+
+    allowed = ("cache_dir", "revision", "token", "local_files_only", "force_download", "proxies")
+    try:
+        options = {key: hub_kwargs[key] for key in allowed if key in hub_kwargs}
+        return hf_hub_download(repo_or_folder, file_name, subfolder=subfolder, **options)
+    except EntryNotFoundError:
+        return None

@@ -1,0 +1,137 @@
+"""Entropy-scaled Gaussian noise (DES): a Gaussian forward process whose noise scale follows image entropy."""
+
+from __future__ import annotations
+
+import torch
+from diffusers.configuration_utils import register_to_config
+from diffusers.utils.torch_utils import randn_tensor
+
+from .cold import ColdDiffusionScheduler, ColdSchedulerOutput, check_choice
+from .noise_schedules import make_betas
+
+ENTROPY_SCOPES = ("image", "batch")
+
+
+def histogram_entropy(x: torch.Tensor, per_image: bool = True) -> torch.Tensor:
+    """Shannon entropy (bits) of the 256-bin pixel histogram of images in ``[-1, 1]``.
+
+    Returns:
+        Shape ``(batch,)``: each image's entropy, or the whole batch's repeated when ``per_image`` is false.
+    """
+    bins = ((x.clamp(-1, 1) + 1) * 127.5).round().long().flatten(1)
+    if not per_image:
+        bins = bins.reshape(1, -1)
+    counts = torch.zeros(bins.shape[0], 256, device=x.device).scatter_add_(
+        1, bins, torch.ones_like(bins, dtype=torch.float32)
+    )
+    p = counts / counts.sum(1, keepdim=True)
+    entropy = -(p * torch.log2(p.clamp_min(1e-12))).sum(1)
+    return entropy.expand(x.shape[0])
+
+
+class EntropyScaledNoiseScheduler(ColdDiffusionScheduler):
+    """DDPM-style Gaussian noise scaled by ``s(x_0) = sigmoid(H(x_0))``, ``H`` the pixel-histogram entropy.
+
+    ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) s(x_0) eps`` for ``t = 1 .. T`` (``abar_0 = 1``), with ``s``
+    per image or per batch. The model predicts the scaled noise ``s(x_0) eps``; sampling is DDPM's ancestral
+    sampler, whose posterior noise is scaled by ``s(x0_hat)``. Starts are ``N(0, (1 - abar_T) s^2)`` with
+    ``s`` the mean scale of the training set (:meth:`fit_prior`).
+
+    Args:
+        num_train_timesteps: ``T``.
+        beta_schedule: a schedule name of :func:`~schedulers.noise_schedules.make_betas`.
+        beta_start: first beta of interpolated schedules.
+        beta_end: last beta of interpolated schedules.
+        entropy_scope: ``image`` (one entropy per image) or ``batch`` (one for the batch).
+        sample_size: image height and width of sampling starts.
+        sampling: ``improved`` or ``naive`` both run the ancestral sampler; ``direct`` returns ``x0_hat``.
+        start_noise: standard deviation of Gaussian noise added to prior samples.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_schedule: str = "linear",
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        entropy_scope: str = "image",
+        sample_size: int = 28,
+        sampling: str = "improved",
+        start_noise: float = 0.0,
+    ):
+        check_choice("entropy_scope", entropy_scope, ENTROPY_SCOPES)
+        self._resolve_sampling(sampling)
+        betas = make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end)
+        self.alphas_cumprod = torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1 - betas, 0)])
+        super().__init__()
+
+    def noise_scale(self, x0: torch.Tensor) -> torch.Tensor:
+        """``sigmoid(H(x0))`` per image (or per batch), shape ``(batch, 1, 1, 1)``."""
+        entropy = histogram_entropy(x0, per_image=self.config.entropy_scope == "image")
+        return torch.sigmoid(entropy).to(x0.dtype).view(-1, 1, 1, 1)
+
+    def _abar(self, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(t).long().reshape(-1).cpu()
+        return self.alphas_cumprod[t].to(like.device, like.dtype).view(-1, 1, 1, 1)
+
+    def draw(self, shape, generator=None, device=None) -> torch.Tensor:
+        """Standard Gaussian noise ``eps``."""
+        return randn_tensor(shape, generator=generator, device=device)
+
+    def _degrade(self, x0: torch.Tensor, t: torch.Tensor, draw: torch.Tensor) -> torch.Tensor:
+        abar = self._abar(t, x0)
+        return abar.sqrt() * x0 + (1 - abar).sqrt() * self.noise_scale(x0) * draw
+
+    def training_example(self, x0, timesteps, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x_t, s(x0) eps)``: the noisy images and the scaled noise the model learns to predict."""
+        eps = self.draw(tuple(x0.shape), generator, x0.device)
+        return self.degrade(x0, timesteps, draw=eps), self.noise_scale(x0) * eps
+
+    def step(self, model_output, timestep, sample, generator=None, sampling=None, return_dict=True):
+        """One ancestral step from ``timestep`` to the run's next timestep, from the predicted scaled noise.
+
+        Args:
+            model_output: the predicted scaled noise ``s(x_0) eps``.
+            timestep: the current timestep ``t``.
+            sample: the current sample ``x_t``.
+            generator: drives the posterior noise.
+            sampling: ``direct`` returns ``x0_hat``; otherwise the DDPM step.
+            return_dict: return a :class:`ColdSchedulerOutput` instead of a tuple.
+        """
+        sampling = self._resolve_sampling(sampling)
+        previous = self.previous_timestep(timestep)
+        abar, abar_prev = self._abar(timestep, sample), self._abar(previous, sample)
+        x0_hat = ((sample - (1 - abar).sqrt() * model_output) / abar.sqrt()).clamp(-1, 1)
+        if sampling == "direct":
+            prev_sample = x0_hat
+        else:
+            beta = 1 - abar / abar_prev
+            mean = (
+                abar_prev.sqrt() * beta * x0_hat + (abar / abar_prev).sqrt() * (1 - abar_prev) * sample
+            ) / (1 - abar)
+            prev_sample = mean
+            if previous > 0:
+                std = ((1 - abar_prev) / (1 - abar) * beta).sqrt() * self.noise_scale(x0_hat)
+                prev_sample = mean + std * randn_tensor(
+                    sample.shape, generator=generator, device=sample.device
+                )
+        if not return_dict:
+            return (prev_sample, x0_hat)
+        return ColdSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0_hat)
+
+    def fit_prior(self, x0_train: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        """Store the training set's mean noise scale, the scale of sampling starts."""
+        subset = torch.randperm(len(x0_train), generator=generator)[: self.prior_fit_images]
+        self.prior = {"noise_scale": self.noise_scale(x0_train[subset].float()).mean().reshape(1)}
+
+    def prior_sample(self, batch_size, generator=None, device=None, start_noise=None) -> torch.Tensor:
+        """Starts ``x_T ~ N(0, (1 - abar_T) s^2)``, ``s`` the mean training noise scale."""
+        if "noise_scale" not in self.prior:
+            raise ValueError(
+                "EntropyScaledNoiseScheduler has no noise scale; call fit_prior(train_images) first"
+            )
+        size = self.config.sample_size
+        eps = randn_tensor((batch_size, 1, size, size), generator=generator)
+        std = (1 - self.alphas_cumprod[-1]).sqrt().float() * self.prior["noise_scale"]
+        return self._add_start_noise(std * eps, generator, start_noise).to(device or "cpu")

@@ -1,0 +1,118 @@
+"""Morphing into Fashion-MNIST as a cold-diffusion degradation."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from diffusers.configuration_utils import register_to_config
+from diffusers.image_processor import VaeImageProcessor
+
+from .cold import ColdDiffusionScheduler, check_choice
+
+ALPHA_SCHEDULES = ("linear", "cosine")
+
+
+class MorphScheduler(ColdDiffusionScheduler):
+    """Blend into a target image: ``x_t = sqrt(a_t) x + sqrt(1 - a_t) z``, ``z`` a Fashion-MNIST image.
+
+    ``a_t`` falls from 1 at ``t = 0`` to 0 at ``t = T`` (``linear``: ``1 - t / T``; ``cosine``:
+    ``cos(pi t / 2T)^2``), so ``x_T = z``. The draw of a batch is its targets ``z``. Training draws from the
+    whole target dataset (loaded on first use); :meth:`fit_prior` keeps a bank of ``bank_size`` of them,
+    saved with the scheduler, from which sampling starts are drawn: a target, or the mean of ``start_mix``
+    targets, plus ``start_noise * N(0, I)``, so there are more starts than stored images.
+
+    Args:
+        num_train_timesteps: ``T``.
+        alpha_schedule: ``linear`` or ``cosine``.
+        target_dataset: Hub id or local folder (Hub parquet layout) of the target images.
+        bank_size: number of target images kept with the saved scheduler.
+        start_mix: number of bank images averaged into one sampling start.
+        sampling: default sampler, ``improved`` or ``naive`` (or ``direct``).
+        start_noise: standard deviation ``lambda`` of Gaussian noise added to sampling starts.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 50,
+        alpha_schedule: str = "cosine",
+        target_dataset: str = "zalando-datasets/fashion_mnist",
+        bank_size: int = 1000,
+        start_mix: int = 1,
+        sampling: str = "improved",
+        start_noise: float = 0.0,
+    ):
+        if num_train_timesteps < 1:
+            raise ValueError(f"num_train_timesteps={num_train_timesteps} must be >= 1")
+        check_choice("alpha_schedule", alpha_schedule, ALPHA_SCHEDULES)
+        if bank_size < 1 or start_mix < 1:
+            raise ValueError(f"bank_size={bank_size} and start_mix={start_mix} must both be >= 1")
+        self._resolve_sampling(sampling)
+        super().__init__()
+        self._dataset_targets: torch.Tensor | None = None
+
+    def alpha(self, t: torch.Tensor) -> torch.Tensor:
+        """The weight ``a_t`` of the clean image (1 at ``t = 0``, 0 at ``t = T``)."""
+        progress = t.double() / self.config.num_train_timesteps
+        if self.config.alpha_schedule == "linear":
+            return (1 - progress).float()
+        return torch.cos(math.pi / 2 * progress).pow(2).where(progress < 1, 0.0).float()
+
+    def targets(self) -> torch.Tensor:
+        """The ``uint8`` targets ``(N, H, W)``: the saved bank, else the target dataset's training split."""
+        if "targets" in self.prior:
+            return self.prior["targets"]
+        if self._dataset_targets is None:
+            self._dataset_targets = _load_images(self.config.target_dataset)
+        return self._dataset_targets
+
+    def _target_images(self, indices: torch.Tensor, device: torch.device | None) -> torch.Tensor:
+        images = self.targets()[indices.cpu()].to(device)
+        # The same scaling as the training data (training.data.to_model_range), which this file cannot import.
+        return VaeImageProcessor.normalize(images.float().unsqueeze(-3) / 255.0)
+
+    def draw(self, shape, generator=None, device=None) -> torch.Tensor:
+        """One random target image per batch element, in ``[-1, 1]``."""
+        indices = torch.randint(len(self.targets()), (shape[0],), generator=_cpu(generator))
+        return self._target_images(indices, device)
+
+    def _degrade(self, x0: torch.Tensor, t: torch.Tensor, draw: torch.Tensor) -> torch.Tensor:
+        alpha = self.alpha(t).to(x0.device, x0.dtype).view(-1, 1, 1, 1)
+        return alpha.sqrt() * x0 + (1 - alpha).sqrt() * draw.to(x0.dtype)
+
+    def fit_prior(self, x0_train: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        """Keep ``bank_size`` random target images (not the training images) as the start bank."""
+        targets = self.targets()
+        chosen = torch.randperm(len(targets), generator=_cpu(generator))[: self.config.bank_size]
+        self.prior = {"targets": targets[chosen].clone()}
+
+    def prior_sample(self, batch_size, generator=None, device=None, start_noise=None) -> torch.Tensor:
+        """Starts ``x_T = z``, the mean of ``start_mix`` bank images plus noise; ``z`` is the run's draw."""
+        if "targets" not in self.prior:
+            raise ValueError("MorphScheduler has no target bank; call fit_prior(train_images) before saving")
+        mix = self.config.start_mix
+        indices = torch.randint(len(self.targets()), (batch_size * mix,), generator=_cpu(generator))
+        starts = self._target_images(indices, device).unflatten(0, (batch_size, mix)).mean(1)
+        self._sampling_draw = self._add_start_noise(starts, generator, start_noise)
+        self._sampling_shape = tuple(starts.shape)
+        return self._sampling_draw
+
+
+def _cpu(generator: torch.Generator | None) -> torch.Generator | None:
+    # Bank indices are drawn on the CPU, where the bank lives.
+    return generator if generator is None or generator.device.type == "cpu" else None
+
+
+def _load_images(dataset: str) -> torch.Tensor:
+    from datasets import load_dataset
+
+    try:
+        split = load_dataset(dataset, split="train")
+    except Exception as error:  # the Hub client raises many connection and lookup error types
+        raise ValueError(
+            f"could not load target_dataset={dataset!r} ({type(error).__name__}); pass a reachable Hub id "
+            "or a local folder in the Hub's parquet layout (e.g. ../shared/data/fashion_mnist)"
+        ) from error
+    column = "image" if "image" in split.column_names else "img"
+    return torch.from_numpy(split.with_format("numpy")[:][column].astype("uint8"))
