@@ -13,7 +13,6 @@ saved with ``save_pretrained(OUTPUT_DIR)``.
 from __future__ import annotations
 
 import argparse
-import functools
 import inspect
 import json
 import logging
@@ -335,272 +334,289 @@ class MetricsLog:
                 handle.write(json.dumps(record) + "\n")
 
 
-@torch.inference_mode()
-def validation_loss(model, scheduler, images: torch.Tensor, args, accelerator: Accelerator) -> float:
-    """Mean loss over the validation images with a fixed noise seed, so epochs are comparable."""
-    generator = torch.Generator(device=accelerator.device).manual_seed(args.seed)
-    total, count = 0.0, 0
-    for start in range(0, len(images), args.eval_batch_size):
-        x0 = to_model_range(images[start : start + args.eval_batch_size]).to(accelerator.device)
-        model_input, timesteps, target = training_pair(scheduler, x0, generator)
-        with accelerator.autocast():
-            prediction = model(model_input, timesteps).sample
-        total += compute_loss(prediction, target, args.loss).item() * len(x0)
-        count += len(x0)
-    return total / count
+class Trainer:
+    """One training run: set-up, the step loop, end-of-epoch work and the final save.
 
+    Args:
+        args: the parsed flags (see :func:`build_parser`).
+    """
 
-def evaluate_quality(pipeline, reference01: torch.Tensor, args) -> dict[str, float]:
-    """FID/KID/IS/class balance of ``--eval_num_images`` samples against real images in ``[0, 1]``."""
-    from training.metrics import sample_quality
-
-    sampler = args.sample_scheduler if isinstance(pipeline, DDPMPipeline) else None
-    samples = generate(pipeline, args.eval_num_images, sampler, args.sample_inference_steps, seed=args.seed)
-    # The same reference object every call: sample_quality caches its features by identity.
-    return sample_quality(samples, reference01, device=pipeline.device)
-
-
-@functools.lru_cache(maxsize=1)
-def _unit_range_cache(images: torch.Tensor) -> torch.Tensor:
-    return to_unit_range(to_model_range(images))
-
-
-def save_sample_grid(pipeline, args, path: Path) -> None:
-    """Sample ``--num_sample_images`` with a fixed seed and save them as one PNG grid."""
-    sampler = args.sample_scheduler if isinstance(pipeline, DDPMPipeline) else None
-    images = generate(pipeline, args.num_sample_images, sampler, args.sample_inference_steps, seed=args.seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images, path, nrow=int(math.ceil(math.sqrt(len(images)))), padding=2, pad_value=1.0)
-
-
-def train(args: argparse.Namespace) -> torch.nn.Module:
-    """Run the training described by ``args`` and save the pipeline; returns this process's final model."""
-    output_dir = Path(args.output_dir)
-    accelerator = Accelerator(
-        # `accelerate launch --multi_gpu` on a machine without GPUs: data-parallel CPU processes over gloo.
-        cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available(),
-        mixed_precision=args.mixed_precision,
-        log_with="tensorboard",
-        project_config=ProjectConfiguration(
-            project_dir=str(output_dir), logging_dir=str(output_dir / "logs")
-        ),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
-    # A different seed per process: the ranks must not draw the same noise for their different images.
-    set_seed(args.seed, device_specific=True)
-
-    scheduler = make_scheduler(args)
-    if args.loss is None:
-        args.loss = "l2" if isinstance(scheduler, DDPMScheduler) else "l1"
-    train_images = load_split(args.dataset_name, args.train_split, args.max_train_samples).images
-    validation_images = load_split(
-        args.dataset_name, args.validation_split, args.num_validation_images
-    ).images
-    if len(train_images) < args.train_batch_size * accelerator.num_processes:
-        raise ValueError(
-            f"{len(train_images)} training images are fewer than one batch of "
-            f"{args.train_batch_size} x {accelerator.num_processes} processes"
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.output_dir = Path(args.output_dir)
+        self.accelerator = Accelerator(
+            # `accelerate launch --multi_gpu` on a machine without GPUs: data-parallel CPU processes (gloo).
+            cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available(),
+            mixed_precision=args.mixed_precision,
+            log_with="tensorboard",
+            project_config=ProjectConfiguration(
+                project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")
+            ),
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         )
+        accelerator = self.accelerator
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+        # A different seed per process: the ranks must not draw the same noise for their different images.
+        set_seed(args.seed, device_specific=True)
 
-    if accelerator.is_main_process and hasattr(scheduler, "fit_prior"):
-        # The start distribution depends only on the data and the degradation, so it is fitted first and
-        # the sample grids of every epoch can already generate unconditionally.
-        scheduler.fit_prior(to_model_range(train_images), generator=torch.Generator().manual_seed(args.seed))
-    model = make_model(args, scheduler.config.num_train_timesteps)
-    ema_model = (
-        EMAModel(model.parameters(), decay=args.ema_max_decay, use_ema_warmup=True) if args.use_ema else None
-    )
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=args.learning_rate, weight_decay=args.adam_weight_decay, foreach=True
-    )
-    dataloader = DataLoader(
-        TensorDataset(train_images), batch_size=args.train_batch_size, shuffle=True, drop_last=True
-    )
-    steps_per_epoch = len(dataloader) // accelerator.num_processes
-    max_train_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
-    num_epochs = math.ceil(max_train_steps / steps_per_epoch)
-    model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
-    if args.lr_scheduler == "plateau":
-        # Stepped once per epoch on the validation loss, outside Accelerate's per-process stepping.
-        lr_scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=2)
-        accelerator.register_for_checkpointing(lr_scheduler)
-    else:
-        lr_scheduler = accelerator.prepare(
-            get_scheduler(
-                args.lr_scheduler,
-                optimizer=optimizer,
-                num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-                num_training_steps=max_train_steps * accelerator.num_processes,
+        self.scheduler = make_scheduler(args)
+        if args.loss is None:
+            args.loss = "l2" if isinstance(self.scheduler, DDPMScheduler) else "l1"
+        self.train_images = load_split(args.dataset_name, args.train_split, args.max_train_samples).images
+        self.validation_images = load_split(
+            args.dataset_name, args.validation_split, args.num_validation_images
+        ).images
+        if len(self.train_images) < args.train_batch_size * accelerator.num_processes:
+            raise ValueError(
+                f"{len(self.train_images)} training images are fewer than one batch of "
+                f"{args.train_batch_size} x {accelerator.num_processes} processes"
             )
+        if accelerator.is_main_process and hasattr(self.scheduler, "fit_prior"):
+            # The start distribution depends only on the data and the degradation: fitted first, the sample
+            # grids of every epoch can already generate unconditionally.
+            self.scheduler.fit_prior(
+                to_model_range(self.train_images), generator=torch.Generator().manual_seed(args.seed)
+            )
+
+        model = make_model(args, self.scheduler.config.num_train_timesteps)
+        self.ema_model = (
+            EMAModel(model.parameters(), decay=args.ema_max_decay, use_ema_warmup=True)
+            if args.use_ema
+            else None
         )
-    if ema_model is not None:
-        ema_model.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema_model)
-
-    metrics_log = MetricsLog(output_dir / "logs" / "metrics.jsonl", accelerator.is_main_process)
-    if accelerator.is_main_process:
-        (output_dir / "logs").mkdir(parents=True, exist_ok=True)
-        with open(output_dir / "training_config.yaml", "w") as handle:
-            yaml.safe_dump({k: v for k, v in vars(args).items() if k != "config"}, handle, sort_keys=False)
-        accelerator.init_trackers("train", config={k: str(v) for k, v in vars(args).items()})
-
-    global_step = 0
-    if args.resume_from_checkpoint:
-        checkpoints = _checkpoints(args.output_dir)
-        path = checkpoints[-1] if args.resume_from_checkpoint == "latest" and checkpoints else None
-        if args.resume_from_checkpoint != "latest":
-            path = Path(args.resume_from_checkpoint)
-        if path is None:
-            logger.info("No checkpoint in %s; starting a new run.", args.output_dir)
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=args.learning_rate, weight_decay=args.adam_weight_decay, foreach=True
+        )
+        dataloader = DataLoader(
+            TensorDataset(self.train_images), batch_size=args.train_batch_size, shuffle=True, drop_last=True
+        )
+        self.steps_per_epoch = len(dataloader) // accelerator.num_processes
+        self.max_train_steps = args.max_train_steps or args.num_epochs * self.steps_per_epoch
+        self.model, self.optimizer, self.dataloader = accelerator.prepare(model, optimizer, dataloader)
+        if args.lr_scheduler == "plateau":
+            # Stepped once per epoch on the validation loss, outside Accelerate's per-process stepping.
+            self.lr_scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=2)
+            accelerator.register_for_checkpointing(self.lr_scheduler)
         else:
-            accelerator.load_state(str(path))
-            global_step = int(path.name[len(CHECKPOINT_PREFIX) :])
-            metrics_log.truncate_after(global_step)
-            logger.info("Resumed from %s at step %d.", path, global_step)
-    first_epoch, resume_batch = divmod(global_step, steps_per_epoch)
+            self.lr_scheduler = accelerator.prepare(
+                get_scheduler(
+                    args.lr_scheduler,
+                    optimizer=optimizer,
+                    num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+                    num_training_steps=self.max_train_steps * accelerator.num_processes,
+                )
+            )
+        if self.ema_model is not None:
+            self.ema_model.to(accelerator.device)
+            accelerator.register_for_checkpointing(self.ema_model)
 
-    logger.info(
-        "%d images, %d steps of %d x %d processes, %d epochs, model with %d parameters",
-        len(train_images),
-        max_train_steps,
-        args.train_batch_size,
-        accelerator.num_processes,
-        num_epochs,
-        sum(p.numel() for p in model.parameters()),
-    )
-    progress = tqdm(
-        total=max_train_steps,
-        initial=global_step,
-        disable=not accelerator.is_local_main_process,
-        desc="train",
-    )
-    window_loss, window_steps, window_start = (
-        torch.zeros((), device=accelerator.device),
-        0,
-        time.perf_counter(),
-    )
-    for epoch in range(first_epoch, num_epochs):
+        self.metrics_log = MetricsLog(self.output_dir / "logs" / "metrics.jsonl", accelerator.is_main_process)
+        if accelerator.is_main_process:
+            (self.output_dir / "logs").mkdir(parents=True, exist_ok=True)
+            with open(self.output_dir / "training_config.yaml", "w") as handle:
+                yaml.safe_dump(
+                    {k: v for k, v in vars(args).items() if k != "config"}, handle, sort_keys=False
+                )
+            accelerator.init_trackers("train", config={k: str(v) for k, v in vars(args).items()})
+        self.global_step = 0
+
+    def resume(self) -> None:
+        """Load ``--resume_from_checkpoint`` (``latest`` or a folder) if one exists."""
+        args = self.args
+        if args.resume_from_checkpoint == "latest":
+            checkpoints = _checkpoints(args.output_dir)
+            if not checkpoints:
+                logger.info("No checkpoint in %s; starting a new run.", args.output_dir)
+                return
+            path = checkpoints[-1]
+        else:
+            path = Path(args.resume_from_checkpoint)
+        self.accelerator.load_state(str(path))
+        self.global_step = int(path.name[len(CHECKPOINT_PREFIX) :])
+        self.metrics_log.truncate_after(self.global_step)
+        logger.info("Resumed from %s at step %d.", path, self.global_step)
+
+    def train(self) -> torch.nn.Module:
+        """Train to ``max_train_steps`` and save the pipeline; returns this process's final model."""
+        args, accelerator = self.args, self.accelerator
+        if args.resume_from_checkpoint:
+            self.resume()
+        first_epoch, resume_batch = divmod(self.global_step, self.steps_per_epoch)
+        num_epochs = math.ceil(self.max_train_steps / self.steps_per_epoch)
+        logger.info(
+            "%d images, %d steps of %d x %d processes, %d epochs, model with %d parameters",
+            len(self.train_images),
+            self.max_train_steps,
+            args.train_batch_size,
+            accelerator.num_processes,
+            num_epochs,
+            sum(p.numel() for p in self.model.parameters()),
+        )
+        self.progress = tqdm(
+            total=self.max_train_steps,
+            initial=self.global_step,
+            disable=not accelerator.is_local_main_process,
+            desc="train",
+        )
+        for epoch in range(first_epoch, num_epochs):
+            self.train_epoch(epoch, resume_batch if epoch == first_epoch else 0)
+            self.end_of_epoch(epoch)
+            if self.global_step >= self.max_train_steps:
+                break
+        self.progress.close()
+        return self.save()
+
+    def train_epoch(self, epoch: int, skip_batches: int) -> None:
+        """Optimisation steps over one epoch, from batch ``skip_batches`` on (when resuming)."""
+        args, accelerator, model = self.args, self.accelerator, self.model
         model.train()
-        dataloader.set_epoch(epoch)
+        self.dataloader.set_epoch(epoch)
         batches = (
-            accelerator.skip_first_batches(dataloader, resume_batch) if epoch == first_epoch else dataloader
+            accelerator.skip_first_batches(self.dataloader, skip_batches) if skip_batches else self.dataloader
+        )
+        window_loss, window_steps, window_start = (
+            torch.zeros((), device=accelerator.device),
+            0,
+            time.perf_counter(),
         )
         for (images,) in batches:
-            x0 = to_model_range(images)
-            model_input, timesteps, target = training_pair(scheduler, x0)
+            model_input, timesteps, target = training_pair(self.scheduler, to_model_range(images))
             with accelerator.autocast():
                 prediction = model(model_input, timesteps).sample
             loss = compute_loss(prediction, target, args.loss)
             accelerator.backward(loss)
             if accelerator.sync_gradients and args.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
+            self.optimizer.step()
             if args.lr_scheduler != "plateau":
-                lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if ema_model is not None:
-                ema_model.step(model.parameters())
-            global_step += 1
-            progress.update(1)
+                self.lr_scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.ema_model is not None:
+                self.ema_model.step(model.parameters())
+            self.global_step += 1
+            self.progress.update(1)
             # Accumulate on the device; reading the value synchronises, so only do it when logging.
             window_loss += loss.detach()
             window_steps += 1
-            if global_step % args.logging_steps == 0 or global_step == max_train_steps:
+            if self.global_step % args.logging_steps == 0 or self.global_step == self.max_train_steps:
                 mean_loss = accelerator.reduce(window_loss, reduction="mean").item() / window_steps
                 elapsed = time.perf_counter() - window_start
-                record = {
-                    "step": global_step,
-                    "epoch": epoch,
-                    "loss": mean_loss,
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "images_per_second": window_steps
-                    * args.train_batch_size
-                    * accelerator.num_processes
-                    / elapsed,
-                }
-                progress.set_postfix(loss=f"{mean_loss:.4f}")
-                accelerator.log({k: v for k, v in record.items() if k != "step"}, step=global_step)
-                metrics_log.write(record)
+                seen = window_steps * args.train_batch_size * accelerator.num_processes
+                record = {"loss": mean_loss, "lr": self.optimizer.param_groups[0]["lr"]}
+                self.log(epoch, {**record, "images_per_second": seen / elapsed})
+                self.progress.set_postfix(loss=f"{mean_loss:.4f}")
                 window_loss.zero_()
                 window_steps, window_start = 0, time.perf_counter()
-            if global_step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
-            if global_step >= max_train_steps:
+            if self.global_step % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, args.output_dir, self.global_step, args.checkpoints_total_limit)
+            if self.global_step >= self.max_train_steps:
                 break
-        resume_batch = 0
-        end_of_run = global_step >= max_train_steps
-        _end_of_epoch(
-            accelerator,
-            model,
-            ema_model,
-            scheduler,
-            validation_images,
-            args,
-            epoch,
-            global_step,
-            end_of_run,
-            lr_scheduler,
-            metrics_log,
+
+    def log(self, epoch: int, values: dict[str, float]) -> None:
+        """Send ``values`` to the trackers and append them to ``logs/metrics.jsonl``."""
+        self.accelerator.log(values, step=self.global_step)
+        self.metrics_log.write({"step": self.global_step, "epoch": epoch, **values})
+
+    def end_of_epoch(self, epoch: int) -> None:
+        """Validation loss (every epoch), the plateau LR step, and sample grids and metrics when due."""
+        args, accelerator = self.args, self.accelerator
+        end_of_run = self.global_step >= self.max_train_steps
+        self.model.eval()
+        if self.ema_model is not None:
+            self.ema_model.store(self.model.parameters())
+            self.ema_model.copy_to(self.model.parameters())
+        val_loss = accelerator.reduce(
+            torch.tensor(self.validation_loss(), device=accelerator.device), reduction="mean"
+        ).item()
+        if args.lr_scheduler == "plateau":
+            self.lr_scheduler.step(val_loss)
+        self.log(epoch, {"val_loss": val_loss})
+        logger.info("epoch %d step %d: validation loss %.5f", epoch, self.global_step, val_loss)
+        if accelerator.is_main_process:
+            pipeline = make_pipeline(accelerator.unwrap_model(self.model), self.scheduler)
+            if (epoch + 1) % args.save_images_epochs == 0 or end_of_run:
+                save_sample_grid(pipeline, args, self.output_dir / "samples" / f"epoch_{epoch:03d}.png")
+            if args.eval_epochs and ((epoch + 1) % args.eval_epochs == 0 or end_of_run):
+                quality = self.sample_quality(pipeline)
+                self.log(epoch, quality)
+                logger.info(
+                    "epoch %d: FID %.2f, IS %.2f", epoch, quality["fid"], quality["inception_score_mean"]
+                )
+        if self.ema_model is not None:
+            self.ema_model.restore(self.model.parameters())
+        self.model.train()
+
+    @torch.inference_mode()
+    def validation_loss(self) -> float:
+        """Mean loss over the validation images with a fixed noise seed, so epochs are comparable."""
+        args, device = self.args, self.accelerator.device
+        generator = torch.Generator(device=device).manual_seed(args.seed)
+        total = 0.0
+        for start in range(0, len(self.validation_images), args.eval_batch_size):
+            x0 = to_model_range(self.validation_images[start : start + args.eval_batch_size]).to(device)
+            model_input, timesteps, target = training_pair(self.scheduler, x0, generator)
+            with self.accelerator.autocast():
+                prediction = self.model(model_input, timesteps).sample
+            total += compute_loss(prediction, target, args.loss).item() * len(x0)
+        return total / len(self.validation_images)
+
+    def sample_quality(self, pipeline) -> dict[str, float]:
+        """FID/KID/IS/class balance of ``--eval_num_images`` samples against the validation images."""
+        from training.metrics import sample_quality
+
+        if not hasattr(self, "reference01"):
+            # One object for the whole run: sample_quality caches its features by identity.
+            self.reference01 = to_unit_range(to_model_range(self.validation_images))
+        samples = generate(
+            pipeline,
+            self.args.eval_num_images,
+            _grid_sampler(pipeline, self.args),
+            self.args.sample_inference_steps,
+            seed=self.args.seed,
         )
-        if end_of_run:
-            break
-    progress.close()
+        return sample_quality(samples, self.reference01, device=pipeline.device)
 
-    if global_step % args.checkpointing_steps != 0:
-        save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
-    final_model = accelerator.unwrap_model(model)
-    if ema_model is not None:
-        ema_model.copy_to(final_model.parameters())
-    if accelerator.is_main_process:
-        make_pipeline(final_model, scheduler).save_pretrained(str(output_dir))
-        logger.info("Saved the pipeline to %s", output_dir)
-        if args.push_to_hub:
-            from training.hub import push_pipeline
+    def save(self) -> torch.nn.Module:
+        """Checkpoint the last step, save the pipeline (EMA weights if any), push it if asked."""
+        args, accelerator = self.args, self.accelerator
+        if self.global_step % args.checkpointing_steps != 0:
+            save_checkpoint(accelerator, args.output_dir, self.global_step, args.checkpoints_total_limit)
+        final_model = accelerator.unwrap_model(self.model)
+        if self.ema_model is not None:
+            self.ema_model.copy_to(final_model.parameters())
+        if accelerator.is_main_process:
+            make_pipeline(final_model, self.scheduler).save_pretrained(str(self.output_dir))
+            logger.info("Saved the pipeline to %s", self.output_dir)
+            if args.push_to_hub:
+                from training.hub import push_pipeline
 
-            url = push_pipeline(output_dir, args.hub_model_id, args.hub_private_repo, args.hub_token)
-            logger.info("Uploaded the pipeline to %s", url)
-    accelerator.end_training()
-    return final_model
+                url = push_pipeline(self.output_dir, args.hub_model_id, args.hub_private_repo, args.hub_token)
+                logger.info("Uploaded the pipeline to %s", url)
+        accelerator.end_training()
+        return final_model
 
 
-def _end_of_epoch(
-    accelerator,
-    model,
-    ema_model,
-    scheduler,
-    validation_images,
-    args,
-    epoch,
-    global_step,
-    end_of_run,
-    lr_scheduler,
-    metrics_log,
-) -> None:
-    """Validation loss (every epoch), the plateau LR step, and a sample grid when due."""
-    model.eval()
-    if ema_model is not None:
-        ema_model.store(model.parameters())
-        ema_model.copy_to(model.parameters())
-    val_loss = validation_loss(model, scheduler, validation_images, args, accelerator)
-    val_loss = accelerator.reduce(torch.tensor(val_loss, device=accelerator.device), reduction="mean").item()
-    if args.lr_scheduler == "plateau":
-        lr_scheduler.step(val_loss)
-    accelerator.log({"val_loss": val_loss}, step=global_step)
-    metrics_log.write({"step": global_step, "epoch": epoch, "val_loss": val_loss})
-    logger.info("epoch %d step %d: validation loss %.5f", epoch, global_step, val_loss)
-    if accelerator.is_main_process:
-        pipeline = make_pipeline(accelerator.unwrap_model(model), scheduler)
-        if (epoch + 1) % args.save_images_epochs == 0 or end_of_run:
-            save_sample_grid(pipeline, args, Path(args.output_dir, "samples", f"epoch_{epoch:03d}.png"))
-        if args.eval_epochs and ((epoch + 1) % args.eval_epochs == 0 or end_of_run):
-            quality = evaluate_quality(pipeline, _unit_range_cache(validation_images), args)
-            accelerator.log(quality, step=global_step)
-            metrics_log.write({"step": global_step, "epoch": epoch, **quality})
-            logger.info("epoch %d: FID %.2f, IS %.2f", epoch, quality["fid"], quality["inception_score_mean"])
-    if ema_model is not None:
-        ema_model.restore(model.parameters())
-    model.train()
+def _grid_sampler(pipeline, args) -> str | None:
+    """``--sample_scheduler`` for Gaussian pipelines; cold ones use their default algorithm."""
+    return args.sample_scheduler if isinstance(pipeline, DDPMPipeline) else None
+
+
+def save_sample_grid(pipeline, args, path: Path) -> None:
+    """Sample ``--num_sample_images`` with a fixed seed and save them as one PNG grid."""
+    images = generate(
+        pipeline,
+        args.num_sample_images,
+        _grid_sampler(pipeline, args),
+        args.sample_inference_steps,
+        seed=args.seed,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(images, path, nrow=int(math.ceil(math.sqrt(len(images)))), padding=2, pad_value=1.0)
+
+
+def train(args: argparse.Namespace) -> torch.nn.Module:
+    """Run the training described by ``args`` and save the pipeline; returns this process's final model."""
+    return Trainer(args).train()
 
 
 def main(argv: list[str] | None = None) -> None:
