@@ -1,0 +1,242 @@
+"""``ColdDiffusionPipeline``: the one sampling loop of every cold-diffusion scheduler (and of DES).
+
+This file imports only torch, diffusers and the standard library, so that a saved pipeline ships it as custom
+code: ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` then works without this project.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import os
+import shutil
+from dataclasses import dataclass
+
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.pipelines.pipeline_loading_utils import LOADABLE_CLASSES
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import BaseOutput
+from diffusers.utils.dynamic_modules_utils import get_relative_import_files
+
+SAMPLING_METHODS = ("improved", "naive", "direct")
+OUTPUT_TYPES = ("pil", "np", "pt")
+
+
+@dataclass
+class ColdDiffusionPipelineOutput(BaseOutput):
+    """Output of :class:`ColdDiffusionPipeline`.
+
+    Args:
+        images: the samples, as a list of PIL images, a ``(batch, H, W, 1)`` array or a ``(batch, 1, H, W)``
+            tensor in ``[0, 1]``.
+        intermediates: with ``return_intermediates``, the start ``x_T`` and every ``x_{s'}`` after it, each in
+            the same output type as ``images``; otherwise ``None``.
+    """
+
+    images: list[PIL.Image.Image] | object
+    intermediates: list | None = None
+
+
+class ColdDiffusionPipeline(DiffusionPipeline):
+    """Generate or restore images with a restoration model and a cold-diffusion scheduler.
+
+    Args:
+        unet: a model called as ``unet(x_t, t).sample`` that predicts ``x_0`` (for the DES scheduler, its
+            scaled noise), e.g. the coursework CNN or a ``UNet2DModel``.
+        scheduler: a ``ColdDiffusionScheduler`` (``degrade``, ``set_timesteps``, ``step``, ``prior_sample``).
+    """
+
+    model_cpu_offload_seq = "unet"
+
+    def __init__(self, unet: ModelMixin, scheduler: SchedulerMixin):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+        self.image_processor = VaeImageProcessor(do_resize=False, do_convert_grayscale=True)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        num_inference_steps: int | None = None,
+        generator: torch.Generator | None = None,
+        start_images: torch.Tensor | list[PIL.Image.Image] | None = None,
+        sampling: str = "improved",
+        output_type: str = "pil",
+        return_intermediates: bool = False,
+        start_noise: float | None = None,
+        return_dict: bool = True,
+    ) -> ColdDiffusionPipelineOutput | tuple:
+        """Sample from the scheduler's prior (or degrade ``start_images`` to ``t = T``) and restore.
+
+        Args:
+            batch_size: number of images to generate; ignored when ``start_images`` is given.
+            num_inference_steps: model calls (``None``: ``T``); ``direct`` always makes one.
+            generator: makes the run deterministic (prior sample, random draws, posterior noise).
+            start_images: images to restore: PIL images or a ``(batch, 1, H, W)`` tensor in [0, 1].
+            sampling: ``improved`` (Bansal's Algorithm 2), ``naive`` (Algorithm 1) or ``direct``.
+            output_type: ``pil``, ``np`` or ``pt``.
+            return_intermediates: also return ``x_T`` and every intermediate sample.
+            start_noise: std of noise added to prior samples (``None``: the scheduler's config).
+            return_dict: return a :class:`ColdDiffusionPipelineOutput` instead of a tuple.
+
+        Returns:
+            The images (and intermediates); as a tuple ``(images, intermediates)`` if not ``return_dict``.
+
+        Raises:
+            ValueError: on an unknown ``sampling`` or ``output_type``.
+        """
+        if sampling not in SAMPLING_METHODS:
+            raise ValueError(
+                f"sampling={sampling!r} is not supported; choose one of {', '.join(SAMPLING_METHODS)}"
+            )
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(
+                f"output_type={output_type!r} is not supported; choose one of {', '.join(OUTPUT_TYPES)}"
+            )
+        device = self._execution_device
+        self.scheduler.set_timesteps(1 if sampling == "direct" else num_inference_steps, device=device)
+        if start_images is None:
+            sample = self.scheduler.prior_sample(batch_size, generator, device, start_noise=start_noise)
+        else:
+            clean = self.image_processor.preprocess(start_images).to(device)
+            draw = self.scheduler.sampling_draw(tuple(clean.shape), generator, device)
+            sample = self.scheduler.degrade(clean, self.scheduler.config.num_train_timesteps, draw=draw)
+        sample = sample.to(device, self.unet.dtype)
+
+        intermediates = [sample]
+        for t in self.progress_bar(self.scheduler.timesteps):
+            model_output = self.unet(sample, t).sample
+            sample = self.scheduler.step(
+                model_output, t, sample, generator=generator, sampling=sampling
+            ).prev_sample
+            intermediates.append(sample)
+
+        images = self.image_processor.postprocess(sample.float(), output_type=output_type)
+        steps = None
+        if return_intermediates:
+            steps = [
+                self.image_processor.postprocess(x.float(), output_type=output_type) for x in intermediates
+            ]
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images, steps)
+        return ColdDiffusionPipelineOutput(images=images, intermediates=steps)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """Save like any pipeline, plus the code of the custom classes (see :func:`make_portable`)."""
+        super().save_pretrained(save_directory, **kwargs)
+        make_portable(save_directory)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> DiffusionPipeline:
+        """Load a saved pipeline with the component classes already imported (no ``trust_remote_code``).
+
+        Import the packages that define the components first (this project's ``models`` and ``schedulers``).
+        With ``trust_remote_code=True`` the code saved in the folder is used instead, as by
+        ``DiffusionPipeline.from_pretrained``.
+        """
+        if kwargs.get("trust_remote_code"):
+            return DiffusionPipeline.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        if kwargs:
+            raise ValueError(f"unsupported arguments {sorted(kwargs)}; only trust_remote_code is accepted")
+        return cls(**load_imported_components(pretrained_model_name_or_path))
+
+
+def local_folder(path_or_repo: str | os.PathLike) -> str:
+    """A local folder of a saved pipeline: the path itself, or a Hub repository's downloaded snapshot."""
+    if os.path.isdir(path_or_repo):
+        return str(path_or_repo)
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(str(path_or_repo))
+
+
+def load_imported_components(path_or_repo: str | os.PathLike) -> dict[str, object]:
+    """Load each component of a saved pipeline with the imported class of the name in ``model_index.json``.
+
+    Raises:
+        ValueError: if a component's class is neither in diffusers nor imported.
+    """
+    folder = local_folder(path_or_repo)
+    index = DiffusionPipeline.load_config(folder)
+    components = {}
+    for name, entry in index.items():
+        if name.startswith("_") or not isinstance(entry, list) or entry[0] is None:
+            continue
+        components[name] = imported_class(entry[1]).from_pretrained(folder, subfolder=name)
+    return components
+
+
+def imported_class(class_name: str) -> type:
+    """The diffusers class, or else the imported model or scheduler class, called ``class_name``.
+
+    Classes imported from installed packages win over copies loaded from saved folders' code.
+
+    Raises:
+        ValueError: if no such class is imported.
+    """
+    import diffusers
+
+    found = getattr(diffusers, class_name, None)
+    if found is not None:
+        return found
+    candidates = [
+        c for base in (ModelMixin, SchedulerMixin) for c in _subclasses(base) if c.__name__ == class_name
+    ]
+    if not candidates:
+        raise ValueError(
+            f"component class {class_name!r} is not imported; import the package that defines it (for this "
+            "project: `import models, schedulers`) or load with trust_remote_code=True"
+        )
+    return min(candidates, key=lambda c: c.__module__.startswith("diffusers_modules"))
+
+
+def _subclasses(base: type) -> list[type]:
+    direct = base.__subclasses__()
+    return direct + [c for sub in direct for c in _subclasses(sub)]
+
+
+def make_portable(folder: str | os.PathLike) -> None:
+    """Make a saved pipeline loadable with ``trust_remote_code=True`` where this project is not installed.
+
+    Every component whose class is not from diffusers gets its module (and the sibling modules it imports
+    relatively) copied into its subfolder, and its ``model_index.json`` entry rewritten to
+    ``[module, class]``; a ``ColdDiffusionPipeline`` also gets this file at the root and
+    ``_class_name = ["cold_diffusion", "ColdDiffusionPipeline"]``. Running it again changes nothing.
+
+    Args:
+        folder: a folder written by ``save_pretrained`` (e.g. a ``ColdDiffusionPipeline`` or a
+            ``DDPMPipeline`` whose unet is a custom model).
+    """
+    index_file = os.path.join(folder, "model_index.json")
+    with open(index_file, encoding="utf-8") as file:
+        index = json.load(file)
+    for name, entry in index.items():
+        if name.startswith("_") or not isinstance(entry, list) or entry[0] is None:
+            continue
+        library, class_name = entry
+        if library in LOADABLE_CLASSES or os.path.isfile(os.path.join(folder, name, f"{library}.py")):
+            continue
+        component_class = getattr(importlib.import_module(library), class_name)
+        index[name] = [_copy_module_code(component_class, os.path.join(folder, name)), class_name]
+    if index["_class_name"] == ColdDiffusionPipeline.__name__:
+        index["_class_name"] = [
+            _copy_module_code(ColdDiffusionPipeline, folder),
+            ColdDiffusionPipeline.__name__,
+        ]
+    with open(index_file, "w", encoding="utf-8") as file:
+        json.dump(index, file, indent=2, sort_keys=True)
+        file.write("\n")
+
+
+def _copy_module_code(cls: type, target_folder: str) -> str:
+    """Copy the module defining ``cls`` and its relative imports into ``target_folder``; return its name."""
+    source = inspect.getsourcefile(cls)
+    for path in [source, *get_relative_import_files(source)]:
+        shutil.copyfile(path, os.path.join(target_folder, os.path.basename(path)))
+    return os.path.splitext(os.path.basename(source))[0]
