@@ -98,7 +98,7 @@ def test_improved_sampling_needs_the_same_draw_for_s_and_s_minus_1():
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_naive_and_direct_steps(name):
+def test_each_sampling_method_is_its_update(name):
     scheduler, x0 = make(name), images()
     scheduler.set_timesteps()
     t, sample = scheduler.timesteps[0], torch.zeros_like(x0)
@@ -108,9 +108,10 @@ def test_naive_and_direct_steps(name):
     if name != "des":
         naive = scheduler.step(x0, t, sample, generator=torch.Generator().manual_seed(0), sampling="naive")
         draw = scheduler.sampling_draw(tuple(x0.shape))
-        torch.testing.assert_close(
-            naive.prev_sample, scheduler.degrade(x0, scheduler.previous_timestep(t), draw=draw)
-        )
+        previous = scheduler.degrade(x0, scheduler.previous_timestep(t), draw=draw)
+        torch.testing.assert_close(naive.prev_sample, previous)
+        improved = scheduler.step(x0, t, sample, sampling="improved").prev_sample
+        torch.testing.assert_close(improved, sample - scheduler.degrade(x0, t, draw=draw) + previous)
 
 
 @pytest.mark.parametrize("name", NAMES)
