@@ -134,7 +134,7 @@ def test_config_and_prior_round_trip(name, tmp_path):
     torch.testing.assert_close(starts[0], starts[1])
 
 
-def test_random_order_is_stored_and_survives_a_changed_seed_default(tmp_path):
+def test_random_order_is_stored_in_the_saved_config(tmp_path):
     scheduler = AveragingScheduler(order="random", seed=7)
     scheduler.save_pretrained(tmp_path)
     assert AveragingScheduler.from_pretrained(tmp_path).config["_line_order"] == line_order("random", 28, 7)
