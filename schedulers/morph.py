@@ -60,22 +60,27 @@ class MorphScheduler(ColdDiffusionScheduler):
         return torch.cos(math.pi / 2 * progress).pow(2).where(progress < 1, 0.0).float()
 
     def targets(self) -> torch.Tensor:
-        """The ``uint8`` targets ``(N, H, W)``: the saved bank, else the target dataset's training split."""
-        if "targets" in self.prior:
+        """Where draws come from: the whole target dataset once loaded (training), else the saved bank."""
+        if self._dataset_targets is None and "targets" in self.prior:
             return self.prior["targets"]
+        return self.dataset_targets()
+
+    def dataset_targets(self) -> torch.Tensor:
+        """The target dataset's training split, ``uint8`` ``(N, H, W)``, loaded on first use."""
         if self._dataset_targets is None:
             self._dataset_targets = _load_images(self.config.target_dataset)
         return self._dataset_targets
 
-    def _target_images(self, indices: torch.Tensor, device: torch.device | None) -> torch.Tensor:
-        images = self.targets()[indices.cpu()].to(device)
+    @staticmethod
+    def _to_model_range(images: torch.Tensor, device: torch.device | None) -> torch.Tensor:
         # The same scaling as the training data (training.data.to_model_range), which this file cannot import.
-        return VaeImageProcessor.normalize(images.float().unsqueeze(-3) / 255.0)
+        return VaeImageProcessor.normalize(images.to(device).float().unsqueeze(-3) / 255.0)
 
     def draw(self, shape, generator=None, device=None) -> torch.Tensor:
         """One random target image per batch element, in ``[-1, 1]``."""
-        indices = torch.randint(len(self.targets()), (shape[0],), generator=_cpu(generator))
-        return self._target_images(indices, device)
+        targets = self.targets()
+        indices = torch.randint(len(targets), (shape[0],), generator=_cpu(generator))
+        return self._to_model_range(targets[indices], device)
 
     def _degrade(self, x0: torch.Tensor, t: torch.Tensor, draw: torch.Tensor) -> torch.Tensor:
         alpha = self.alpha(t).to(x0.device, x0.dtype).view(-1, 1, 1, 1)
@@ -83,7 +88,7 @@ class MorphScheduler(ColdDiffusionScheduler):
 
     def fit_prior(self, x0_train: torch.Tensor, generator: torch.Generator | None = None) -> None:
         """Keep ``bank_size`` random target images (not the training images) as the start bank."""
-        targets = self.targets()
+        targets = self.dataset_targets()
         chosen = torch.randperm(len(targets), generator=_cpu(generator))[: self.config.bank_size]
         self.prior = {"targets": targets[chosen].clone()}
 
@@ -92,8 +97,9 @@ class MorphScheduler(ColdDiffusionScheduler):
         if "targets" not in self.prior:
             raise ValueError("MorphScheduler has no target bank; call fit_prior(train_images) before saving")
         mix = self.config.start_mix
-        indices = torch.randint(len(self.targets()), (batch_size * mix,), generator=_cpu(generator))
-        starts = self._target_images(indices, device).unflatten(0, (batch_size, mix)).mean(1)
+        bank = self.prior["targets"]
+        indices = torch.randint(len(bank), (batch_size * mix,), generator=_cpu(generator))
+        starts = self._to_model_range(bank[indices], device).unflatten(0, (batch_size, mix)).mean(1)
         self._sampling_draw = self._add_start_noise(starts, generator, start_noise)
         self._sampling_shape = tuple(starts.shape)
         return self._sampling_draw

@@ -8,7 +8,7 @@ import torch
 from schedulers import DEGRADATIONS, AveragingScheduler, EntropyScaledNoiseScheduler, MorphScheduler
 from schedulers.averaging import line_order
 
-# Small settings keep every test fast; morph gets a synthetic target bank instead of Fashion-MNIST.
+# Small settings keep every test fast; morph gets synthetic targets instead of Fashion-MNIST.
 SMALL = {
     "impulse": {"num_train_timesteps": 12},
     "des": {"num_train_timesteps": 40},
@@ -23,7 +23,7 @@ def make(name: str, **kwargs):
         bank = torch.randint(
             0, 256, (50, 28, 28), generator=torch.Generator().manual_seed(1), dtype=torch.uint8
         )
-        scheduler.prior = {"targets": bank}
+        scheduler.dataset_targets = lambda: bank  # stands in for Fashion-MNIST
     return scheduler
 
 
@@ -176,6 +176,7 @@ def test_des_entropy_scope():
 
 def test_morph_start_mixes_bank_images_and_becomes_the_draw():
     scheduler = make("morph", start_mix=3, start_noise=0.1)
+    scheduler.fit_prior(images(8))
     scheduler.set_timesteps()
     start = scheduler.prior_sample(2, torch.Generator().manual_seed(0))
     assert torch.equal(scheduler.sampling_draw((2, 1, 28, 28)), start)
