@@ -7,15 +7,20 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput
 
 from models.mnist_classifier import PRETRAINED_DIR, load_mnist_classifier
-from training.data import ImageSplit, load_split
+from schedulers import ImpulseNoiseScheduler
+from training.data import ImageSplit, load_split, to_model_range
 from training.metrics import (
     SampleQuality,
     check_images01,
     classify,
     forward_process_normality,
     images01_from_array,
+    restoration_quality,
     sample_quality,
     split_to_unit_range,
 )
@@ -104,6 +109,38 @@ def test_forward_process_becomes_gaussian_only_late_in_a_linear_schedule(mnist_t
     assert first is not None and 500 < first < 1000
     # Once the digits are gone p is roughly uniform, so most late timesteps pass.
     assert sum(p > 0.05 for p in p_values[-100:]) > 50
+
+
+class Restorer(ModelMixin, ConfigMixin):
+    """``oracle``: returns the known clean images (model space); otherwise returns its input unchanged."""
+
+    @register_to_config
+    def __init__(self, oracle: bool = False):
+        super().__init__()
+        self.register_buffer("clean", torch.zeros(1, 1, 28, 28))
+
+    def forward(self, sample, timestep):
+        return BaseOutput(sample=self.clean if self.config.oracle else sample)
+
+
+def test_restoration_quality_is_perfect_for_an_oracle_and_falls_with_severity_for_identity():
+    images = (torch.rand(8, 28, 28, generator=torch.Generator().manual_seed(0)) > 0.7).to(torch.uint8) * 255
+    reference = ImageSplit(images, torch.zeros(8, dtype=torch.int64))
+    scheduler = ImpulseNoiseScheduler(num_train_timesteps=10)
+    oracle = Restorer(oracle=True)
+    oracle.clean = to_model_range(images)
+    timesteps = [1, 5, 10]
+    perfect = restoration_quality(oracle, scheduler, reference, timesteps, num_images=8)
+    assert perfect["timesteps"] == timesteps
+    for mode in ("direct", "iterative"):
+        # The improved update restores exactly from any t when x0_hat is exact, reusing the draw.
+        assert all(value > 0.999 for value in perfect[f"ssim_{mode}"]), perfect
+        assert all(value > 60 for value in perfect[f"psnr_{mode}"]), perfect
+    identity = restoration_quality(Restorer(), scheduler, reference, timesteps, num_images=8)
+    psnr = identity["psnr_direct"]
+    assert psnr[0] > psnr[1] > psnr[2], identity
+    with pytest.raises(ValueError, match="timesteps"):
+        restoration_quality(oracle, scheduler, reference, [0, 11])
 
 
 @pytest.mark.parametrize(

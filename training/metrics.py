@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from diffusers.models.modeling_utils import ModelMixin
 from scipy import stats
 from torch import nn
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
@@ -390,7 +391,7 @@ def forward_process_normality(
 
 @torch.no_grad()
 def restoration_quality(
-    model: nn.Module,
+    model: ModelMixin,
     scheduler,
     reference: ImageSplit,
     timesteps: list[int],
@@ -424,7 +425,7 @@ def restoration_quality(
         raise ValueError(f"timesteps must be a non-empty list in [1, {num_train_timesteps}], got {timesteps}")
     if not 1 <= num_images <= len(reference):
         raise ValueError(f"num_images={num_images} must be between 1 and {len(reference)}")
-    device = next(model.parameters()).device
+    device = model.device
     x0 = to_model_range(reference.images[:num_images]).to(device)
     target = to_unit_range(x0)
     result: dict[str, list[float]] = {"timesteps": list(timesteps)}

@@ -1,0 +1,201 @@
+"""Score samples of a saved pipeline (or a ``.npy`` of images) against MNIST; write metrics.json and figures.
+
+    python scripts/evaluate.py --model outputs/quickstart --num_images 1000 --scheduler dpmsolver \
+        --num_inference_steps 25 --seed 0 --output outputs/quickstart/eval/metrics.json
+    python scripts/evaluate.py --samples samples.npy --output metrics.json
+
+Reports FID and KID against the MNIST test set (with the FID floor of as many real training images),
+the Inception-style score, the predicted-class histogram, its normalized entropy and the mean classifier
+confidence; for a model also the sampling speed and per-t curves (Kolmogorov-Smirnov normality of the
+forward process for Gaussian schedules, restoration PSNR/SSIM for cold ones). Figures go beside the
+output: a sample grid, the class histogram, the 16 most and least confident samples and the per-t curves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torchvision.utils import save_image
+
+from pipelines import load_pipeline
+from training.cli import run_cli
+from training.data import load_split
+from training.metrics import (
+    FEATURE_NETWORKS,
+    SampleQuality,
+    forward_process_normality,
+    images01_from_array,
+    restoration_quality,
+)
+from training.sampling import COLD_SAMPLERS, GAUSSIAN_SAMPLERS, generate, is_gaussian
+
+NUM_EXTREMES = 16
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="saved pipeline folder to sample from")
+    source.add_argument("--samples", help=".npy images (N, 28, 28): uint8 or float in [0, 1]")
+    parser.add_argument("--num_images", type=int, default=1000, help="samples to draw (with --model)")
+    parser.add_argument("--scheduler", choices=GAUSSIAN_SAMPLERS + COLD_SAMPLERS, default=None)
+    parser.add_argument("--num_inference_steps", type=int, default=None, help="default: T")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--features", choices=FEATURE_NETWORKS, default="mnist")
+    parser.add_argument("--data", default="../shared/data/mnist", help="Hub id or local parquet folder")
+    parser.add_argument("--per_t_images", type=int, default=32, help="test images behind the per-t curves")
+    parser.add_argument("--per_t_points", type=int, default=10, help="severities t of the restoration curves")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--num_threads", type=int, default=2)
+    parser.add_argument("--output", required=True, help="metrics .json; figures are written beside it")
+    args = parser.parse_args(argv)
+    if not args.output.endswith(".json"):
+        raise ValueError(f"--output {args.output!r} must end in .json")
+    for name in ("num_images", "batch_size", "per_t_images", "per_t_points", "num_threads"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.samples and not Path(args.samples).is_file():
+        raise ValueError(f"--samples {args.samples!r} is not a file")
+    return args
+
+
+def load_samples(path: str) -> torch.Tensor:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"could not read {path!r} as a .npy array: {error}") from error
+    return images01_from_array(array)
+
+
+def per_t_metrics(pipeline, args: argparse.Namespace, test) -> dict:
+    """Forward-process normality (Gaussian) or restoration quality per severity (cold)."""
+    if is_gaussian(pipeline):
+        return {"kind": "forward_process_normality"} | forward_process_normality(
+            pipeline.scheduler, test, args.per_t_images, args.seed
+        )
+    num_train_timesteps = pipeline.scheduler.config.num_train_timesteps
+    points = min(args.per_t_points, num_train_timesteps)
+    timesteps = np.unique(np.linspace(1, num_train_timesteps, points).round().astype(int)).tolist()
+    sampling = args.scheduler if args.scheduler in ("improved", "naive") else "improved"
+    return {"kind": "restoration", "sampling": sampling} | restoration_quality(
+        pipeline.unet,
+        pipeline.scheduler,
+        test,
+        timesteps,
+        args.num_inference_steps,
+        sampling,
+        args.per_t_images,
+        args.seed,
+    )
+
+
+def save_grid(images: torch.Tensor, path: Path) -> None:
+    save_image(images, path, nrow=math.ceil(math.sqrt(len(images))), padding=2, pad_value=1.0)
+
+
+def plot_histogram(counts: list[int], entropy: float, path: Path) -> None:
+    figure = Figure(figsize=(5, 3))
+    axis = figure.subplots()
+    axis.bar(range(len(counts)), counts, color="tab:blue")
+    axis.set(xticks=range(len(counts)), xlabel="predicted class", ylabel="samples")
+    axis.set_title(f"predicted classes (normalized entropy {entropy:.3f})")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def plot_per_t(per_t: dict, path: Path) -> None:
+    if per_t["kind"] == "forward_process_normality":
+        figure = Figure(figsize=(6, 3.5))
+        axis = figure.subplots()
+        axis.semilogy(per_t["timesteps"], np.maximum(per_t["ks_pvalue"], 1e-300))
+        axis.axhline(0.05, color="gray", linestyle="--", label="p = 0.05")
+        axis.set(xlabel="t", ylabel="KS p-value of x_t vs N(0, 1)", title="forward process normality")
+        axis.legend()
+    else:
+        figure = Figure(figsize=(10, 3.5))
+        axes = figure.subplots(1, 2)
+        for axis, metric in zip(axes, ("psnr", "ssim"), strict=True):
+            for mode in ("direct", "iterative"):
+                axis.plot(per_t["timesteps"], per_t[f"{metric}_{mode}"], marker="o", label=mode)
+            axis.set(xlabel="degradation t", ylabel=metric.upper(), title=f"restoration {metric.upper()}")
+            axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the flags, sample or load images, score them and write metrics.json and the figures."""
+    args = parse_args(argv)
+    torch.set_num_threads(args.num_threads)
+    output = Path(args.output)
+    metrics: dict = {
+        "model": args.model,
+        "samples": args.samples,
+        "feature_network": args.features,
+    }
+    pipeline = None
+    if args.samples:
+        images = load_samples(args.samples)
+    else:
+        pipeline = load_pipeline(args.model).to(args.device)
+        start = time.perf_counter()
+        images = generate(
+            pipeline,
+            args.num_images,
+            args.scheduler,
+            args.num_inference_steps,
+            args.seed,
+            args.batch_size,
+            True,
+        )
+        seconds = time.perf_counter() - start
+        metrics |= {
+            "scheduler": args.scheduler,
+            "num_inference_steps": args.num_inference_steps,
+            "seed": args.seed,
+            "sampling_seconds": seconds,
+            "images_per_second": len(images) / seconds,
+        }
+
+    test, train = load_split(args.data, "test"), load_split(args.data, "train")
+    quality = SampleQuality(test, train, features=args.features, seed=args.seed, device=args.device)
+    evaluation = quality.evaluate(images)
+    metrics |= evaluation.to_dict()
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    figures = {"samples": output.with_name(f"{output.stem}_samples.png")}
+    save_grid(images[:64], figures["samples"])
+    figures["class_histogram"] = output.with_name(f"{output.stem}_class_histogram.png")
+    plot_histogram(evaluation.class_counts, evaluation.metrics["class_entropy"], figures["class_histogram"])
+    order = evaluation.confidences.argsort(descending=True)
+    count = min(NUM_EXTREMES, len(images))
+    figures["most_confident"] = output.with_name(f"{output.stem}_most_confident.png")
+    save_grid(images[order[:count]], figures["most_confident"])
+    figures["least_confident"] = output.with_name(f"{output.stem}_least_confident.png")
+    save_grid(images[order[-count:].flip(0)], figures["least_confident"])
+    if pipeline is not None:
+        metrics["per_t"] = per_t_metrics(pipeline, args, test)
+        figures["per_t"] = output.with_name(f"{output.stem}_per_t.png")
+        plot_per_t(metrics["per_t"], figures["per_t"])
+    metrics["figures"] = {name: str(path) for name, path in figures.items()}
+    output.write_text(json.dumps(metrics, indent=2) + "\n")
+
+    print(
+        f"FID {metrics['fid']:.3f} (floor {metrics['fid_floor']:.3f})  KID {metrics['kid_mean']:.5f}  "
+        f"IS {metrics['inception_score_mean']:.3f} +- {metrics['inception_score_std']:.3f}  "
+        f"class entropy {metrics['class_entropy']:.3f}  confidence {metrics['mean_confidence']:.3f}"
+    )
+    print(f"wrote {output} and {len(figures)} figures beside it")
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

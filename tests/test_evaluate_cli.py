@@ -1,0 +1,151 @@
+"""``scripts/evaluate.py`` and ``scripts/plot_run.py``: outputs, metrics.json schema and bad-input errors."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import PROJECT_ROOT, run_python
+from training.cli import run_cli
+
+SCALARS = (
+    "num_images",
+    "fid",
+    "fid_floor",
+    "kid_mean",
+    "kid_std",
+    "inception_score_mean",
+    "inception_score_std",
+    "class_entropy",
+    "mean_confidence",
+)
+FIGURES = ("samples", "class_histogram", "most_confident", "least_confident")
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, PROJECT_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def check_schema(metrics: dict, num_images: int) -> None:
+    for key in SCALARS:
+        assert isinstance(metrics[key], float), key
+    assert metrics["num_images"] == num_images
+    assert len(metrics["class_histogram"]) == 10 and sum(metrics["class_histogram"]) == num_images
+    assert 1.0 <= metrics["inception_score_mean"] <= 10.0
+    assert 0.0 <= metrics["class_entropy"] <= 1.0 and 0.0 < metrics["mean_confidence"] <= 1.0
+    assert metrics["feature_network"] == "mnist"
+    for name in FIGURES:
+        assert Path(metrics["figures"][name]).stat().st_size > 0, name
+
+
+def test_scores_a_npy_of_samples(synthetic_mnist, tmp_path):
+    samples = np.random.default_rng(0).random((40, 28, 28), dtype=np.float32)
+    np.save(tmp_path / "samples.npy", samples)
+    output = tmp_path / "eval" / "metrics.json"
+    result = run_python(
+        "scripts/evaluate.py", "--samples", str(tmp_path / "samples.npy"), "--data", str(synthetic_mnist),
+        "--output", str(output),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "FID" in result.stdout and "floor" in result.stdout
+    metrics = json.loads(output.read_text())
+    check_schema(metrics, 40)
+    assert metrics["samples"].endswith("samples.npy") and metrics["model"] is None
+    assert "per_t" not in metrics and "images_per_second" not in metrics
+
+
+def test_samples_a_gaussian_pipeline_and_reports_speed_and_normality(
+    tiny_ddpm_folder, synthetic_mnist, tmp_path
+):
+    output = tmp_path / "metrics.json"
+    code = run_cli(
+        load_script("evaluate").main,
+        [
+            "--model", str(tiny_ddpm_folder), "--num_images", "12", "--scheduler", "ddim",
+            "--num_inference_steps", "2", "--data", str(synthetic_mnist), "--per_t_images", "8",
+            "--device", "cpu", "--output", str(output),
+        ],
+    )  # fmt: skip
+    assert code == 0
+    metrics = json.loads(output.read_text())
+    check_schema(metrics, 12)
+    assert metrics["scheduler"] == "ddim" and metrics["num_inference_steps"] == 2
+    assert metrics["images_per_second"] > 0 and metrics["sampling_seconds"] > 0
+    per_t = metrics["per_t"]
+    assert per_t["kind"] == "forward_process_normality"
+    assert per_t["timesteps"] == list(range(20)) and len(per_t["ks_pvalue"]) == 20
+    assert all(0.0 <= p <= 1.0 for p in per_t["ks_pvalue"])
+    assert Path(metrics["figures"]["per_t"]).is_file()
+
+
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        (np.full((4, 28, 28), np.nan, np.float32), "NaN"),
+        (np.zeros((4, 28), np.float32), "shape"),
+        (np.zeros((0, 28, 28), np.float32), "empty"),
+        (np.full((4, 28, 28), 3.0, np.float32), "[0, 1]"),
+    ],
+)
+def test_bad_samples_are_one_line_errors(array, message, tmp_path, capsys):
+    np.save(tmp_path / "bad.npy", array)
+    code = run_cli(
+        load_script("evaluate").main,
+        ["--samples", str(tmp_path / "bad.npy"), "--output", str(tmp_path / "m.json")],
+    )
+    assert code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and error.count("\n") == 1 and message in error
+    assert not (tmp_path / "m.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--samples", "missing.npy", "--output", "m.json"], "is not a file"),
+        (["--samples", "x.npy", "--output", "metrics.txt"], ".json"),
+        (["--model", "m", "--num_images", "0", "--output", "m.json"], "--num_images"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors(args, message, capsys):
+    assert run_cli(load_script("evaluate").main, args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_input_exits_with_code_2_from_the_command_line(tmp_path):
+    np.save(tmp_path / "bad.npy", np.full((4, 28, 28), np.nan, np.float32))
+    result = run_python("scripts/evaluate.py", "--samples", str(tmp_path / "bad.npy"), "--output", "m.json")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "NaN" in result.stderr
+
+
+def write_log(run_dir: Path, records: list[dict]) -> None:
+    (run_dir / "logs").mkdir(parents=True)
+    (run_dir / "logs" / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+
+
+def test_plot_run_draws_several_runs(tmp_path, capsys):
+    for index, name in enumerate(("linear", "cosine")):
+        write_log(
+            tmp_path / name,
+            [
+                {"step": 10, "epoch": 0, "loss": 0.5 + index},
+                {"step": 20, "epoch": 0, "loss": 0.3},
+                {"step": 20, "epoch": 0, "val_loss": 0.35, "fid": 40.0, "fid_floor": 1.0},
+                {"step": 40, "epoch": 1, "val_loss": 0.3, "fid": 20.0 + index, "fid_floor": 1.0},
+            ],
+        )
+    output = tmp_path / "plots" / "curves.png"
+    plot_run = load_script("plot_run")
+    assert (
+        run_cli(plot_run.main, [str(tmp_path / "linear"), str(tmp_path / "cosine"), "--output", str(output)])
+        == 0
+    )
+    assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert run_cli(plot_run.main, [str(tmp_path / "missing")]) == 2
+    assert "has no training log" in capsys.readouterr().err
