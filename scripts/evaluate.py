@@ -38,6 +38,7 @@ from training.metrics import (
 from training.sampling import COLD_SAMPLERS, GAUSSIAN_SAMPLERS, generate, is_gaussian
 
 NUM_EXTREMES = 16
+P_VALUE_FLOOR = 1e-20
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -116,17 +117,22 @@ def plot_per_t(per_t: dict, path: Path) -> None:
     if per_t["kind"] == "forward_process_normality":
         figure = Figure(figsize=(6, 3.5))
         axis = figure.subplots()
-        axis.semilogy(per_t["timesteps"], np.maximum(per_t["ks_pvalue"], 1e-300))
+        # p underflows to 0 early on; clip so that the interesting late part keeps the axis.
+        axis.semilogy(per_t["timesteps"], np.maximum(per_t["ks_pvalue"], P_VALUE_FLOOR))
         axis.axhline(0.05, color="gray", linestyle="--", label="p = 0.05")
+        if per_t["first_t_p_above_0.05"] is not None:
+            first = per_t["first_t_p_above_0.05"]
+            axis.axvline(first, color="tab:red", linestyle=":", label=f"first t with p > 0.05: {first}")
         axis.set(xlabel="t", ylabel="KS p-value of x_t vs N(0, 1)", title="forward process normality")
-        axis.legend()
+        axis.set_ylim(P_VALUE_FLOOR / 2, 2.0)
+        axis.legend(loc="upper left")
     else:
         figure = Figure(figsize=(10, 3.5))
         axes = figure.subplots(1, 2)
         for axis, metric in zip(axes, ("psnr", "ssim"), strict=True):
-            for mode in ("direct", "iterative"):
-                axis.plot(per_t["timesteps"], per_t[f"{metric}_{mode}"], marker="o", label=mode)
-            axis.set(xlabel="degradation t", ylabel=metric.upper(), title=f"restoration {metric.upper()}")
+            for mode, label in (("direct", "direct"), ("iterative", f"iterative ({per_t['sampling']})")):
+                axis.plot(per_t["severity"], per_t[f"{metric}_{mode}"], marker="o", label=label)
+            axis.set(xlabel="severity t / T", ylabel=metric.upper(), title=f"restoration {metric.upper()}")
             axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)

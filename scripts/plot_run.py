@@ -54,8 +54,8 @@ def plot_runs(run_dirs: list[Path], output: Path) -> None:
         for index, (run_dir, records) in enumerate(logs.items()):
             color = f"C{index % 10}"
             axis.plot(*series(records, key), color=color, label=run_dir.name)
-            if key == "fid":
-                steps, floor = series(records, "fid_floor")
+            steps, floor = series(records, "fid_floor") if key == "fid" else ([], [])
+            if steps:
                 axis.plot(steps, floor, color=color, linestyle="--", label=f"{run_dir.name} (real floor)")
         axis.set(title=title, xlabel="step")
         if axis.has_data():

@@ -6,7 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from models import CourseworkCNN
+from pipelines import ColdDiffusionPipeline
+from schedulers import AveragingScheduler
 from tests.conftest import PROJECT_ROOT, run_python
 from training.cli import run_cli
 
@@ -80,6 +84,33 @@ def test_samples_a_gaussian_pipeline_and_reports_speed_and_normality(
     assert per_t["kind"] == "forward_process_normality"
     assert per_t["timesteps"] == list(range(20)) and len(per_t["ks_pvalue"]) == 20
     assert all(0.0 <= p <= 1.0 for p in per_t["ks_pvalue"])
+    assert Path(metrics["figures"]["per_t"]).is_file()
+
+
+def test_samples_a_cold_pipeline_and_reports_restoration_per_t(synthetic_mnist, tmp_path):
+    scheduler = AveragingScheduler(group_size=4)
+    scheduler.fit_prior(torch.rand(64, 1, 28, 28) * 2 - 1, torch.Generator().manual_seed(0))
+    steps = scheduler.config.num_train_timesteps
+    unet = CourseworkCNN(n_hidden=(4, 4), time_embedding_frequencies=2, num_train_timesteps=steps)
+    ColdDiffusionPipeline(unet, scheduler).save_pretrained(tmp_path / "cold")
+    output = tmp_path / "metrics.json"
+    code = run_cli(
+        load_script("evaluate").main,
+        [
+            "--model", str(tmp_path / "cold"), "--num_images", "12", "--scheduler", "naive",
+            "--num_inference_steps", "3", "--data", str(synthetic_mnist), "--per_t_images", "8",
+            "--per_t_points", "3", "--device", "cpu", "--output", str(output),
+        ],
+    )  # fmt: skip
+    assert code == 0
+    metrics = json.loads(output.read_text())
+    check_schema(metrics, 12)
+    per_t = metrics["per_t"]
+    assert per_t["kind"] == "restoration" and per_t["sampling"] == "naive"
+    assert per_t["timesteps"][0] == 1 and per_t["timesteps"][-1] == steps and len(per_t["timesteps"]) == 3
+    assert per_t["severity"][-1] == 1.0
+    for key in ("psnr_direct", "ssim_direct", "psnr_iterative", "ssim_iterative"):
+        assert len(per_t[key]) == 3 and all(np.isfinite(per_t[key])), key
     assert Path(metrics["figures"]["per_t"]).is_file()
 
 

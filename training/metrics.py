@@ -417,8 +417,8 @@ def restoration_quality(
         seed: seed of the degradation's random draw.
 
     Returns:
-        ``timesteps`` and, per timestep, ``psnr_direct``, ``ssim_direct``, ``psnr_iterative``,
-        ``ssim_iterative`` (PSNR in dB on ``[0, 1]`` images).
+        ``timesteps``, ``severity`` (``t / T``) and, per timestep, ``psnr_direct``, ``ssim_direct``,
+        ``psnr_iterative``, ``ssim_iterative`` (PSNR in dB on ``[0, 1]`` images).
     """
     num_train_timesteps = scheduler.config.num_train_timesteps
     if not timesteps or min(timesteps) < 1 or max(timesteps) > num_train_timesteps:
@@ -428,7 +428,8 @@ def restoration_quality(
     device = model.device
     x0 = to_model_range(reference.images[:num_images]).to(device)
     target = to_unit_range(x0)
-    result: dict[str, list[float]] = {"timesteps": list(timesteps)}
+    # Severity t / T puts degradations with different T on one axis.
+    result = {"timesteps": list(timesteps), "severity": [t / num_train_timesteps for t in timesteps]}
     for t in timesteps:
         scheduler.set_timesteps(num_inference_steps, device=device)
         generator = torch.Generator(device=device).manual_seed(seed)
