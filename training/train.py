@@ -122,6 +122,12 @@ def build_parser() -> ArgumentParser:
     optim.add_argument("--use_ema", action="store_true")
     optim.add_argument("--ema_max_decay", type=float, default=0.9999)
     optim.add_argument("--mixed_precision", choices=("no", "bf16"), default="no")
+    speed = parser.add_argument_group("speed (same computation, different execution)")
+    speed.add_argument(
+        "--channels_last", action="store_true", help="NHWC memory format for the convolutions."
+    )
+    speed.add_argument("--compile", action="store_true", help="torch.compile the model (inductor).")
+    speed.add_argument("--num_threads", type=int, default=None, help="torch intra-op threads (default: all).")
     optim.add_argument("--seed", type=int, default=0)
 
     logs = parser.add_argument_group("logging, samples and checkpoints")
@@ -348,6 +354,7 @@ class Trainer:
             # `accelerate launch --multi_gpu` on a machine without GPUs: data-parallel CPU processes (gloo).
             cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available(),
             mixed_precision=args.mixed_precision,
+            dynamo_backend="inductor" if args.compile else "no",
             log_with="tensorboard",
             project_config=ProjectConfiguration(
                 project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")
@@ -378,7 +385,11 @@ class Trainer:
                 to_model_range(self.train_images), generator=torch.Generator().manual_seed(args.seed)
             )
 
+        if args.num_threads:
+            torch.set_num_threads(args.num_threads)
         model = make_model(args, self.scheduler.config.num_train_timesteps)
+        self.memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+        model = model.to(memory_format=self.memory_format)
         self.ema_model = (
             EMAModel(model.parameters(), decay=args.ema_max_decay, use_ema_warmup=True)
             if args.use_ema
@@ -481,6 +492,7 @@ class Trainer:
         )
         for (images,) in batches:
             model_input, timesteps, target = training_pair(self.scheduler, to_model_range(images))
+            model_input = model_input.contiguous(memory_format=self.memory_format)
             with accelerator.autocast():
                 prediction = model(model_input, timesteps).sample
             loss = compute_loss(prediction, target, args.loss)
@@ -565,8 +577,9 @@ class Trainer:
         from training.metrics import sample_quality
 
         if not hasattr(self, "reference01"):
-            # One object for the whole run: sample_quality caches its features by identity.
+            # The same objects for the whole run: sample_quality caches their features by identity.
             self.reference01 = to_unit_range(to_model_range(self.validation_images))
+            self.floor01 = to_unit_range(to_model_range(self.train_images[:10_000]))
         samples = generate(
             pipeline,
             self.args.eval_num_images,
@@ -574,7 +587,7 @@ class Trainer:
             self.args.sample_inference_steps,
             seed=self.args.seed,
         )
-        return sample_quality(samples, self.reference01, device=pipeline.device)
+        return sample_quality(samples, self.reference01, self.floor01, device=pipeline.device)
 
     def save(self) -> torch.nn.Module:
         """Checkpoint the last step, save the pipeline (EMA weights if any), push it if asked."""
