@@ -151,9 +151,19 @@ def local_folder(path_or_repo: str | os.PathLike) -> str:
     """A local folder of a saved pipeline: the path itself, or a Hub repository's downloaded snapshot."""
     if os.path.isdir(path_or_repo):
         return str(path_or_repo)
+    name = str(path_or_repo)
+    # A Hub id is exactly "owner/name"; anything else is a local folder that is not there.
+    if name.count("/") != 1 or name.startswith((".", "/", "~")):
+        raise ValueError(f"pipeline folder {name!r} does not exist; pass a saved pipeline folder or a Hub id")
     from huggingface_hub import snapshot_download
 
-    return snapshot_download(str(path_or_repo))
+    try:
+        return snapshot_download(name)
+    except Exception as error:  # the Hub client raises many connection and lookup error types
+        raise ValueError(
+            f"could not download pipeline {name!r} from the Hugging Face Hub ({type(error).__name__}); "
+            "pass a local pipeline folder or a reachable Hub id"
+        ) from error
 
 
 def load_imported_components(path_or_repo: str | os.PathLike) -> dict[str, object]:

@@ -43,12 +43,16 @@ def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{name}={value!r} is not supported; choose one of {', '.join(allowed)}")
 
 
+def generator_device(generator: torch.Generator | None) -> torch.device:
+    """Where random draws with ``generator`` must be made (the CPU without one)."""
+    return generator.device if generator is not None else torch.device("cpu")
+
+
 def uniform_tensor(
     shape: tuple[int, ...], generator: torch.Generator | None = None, device: torch.device | str | None = None
 ) -> torch.Tensor:
     """Uniform ``[0, 1)`` draws made on the generator's device, so a CPU generator can drive GPU runs."""
-    source = generator.device if generator is not None else "cpu"
-    return torch.rand(shape, generator=generator, device=source).to(device or "cpu")
+    return torch.rand(shape, generator=generator, device=generator_device(generator)).to(device or "cpu")
 
 
 class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
@@ -210,7 +214,7 @@ class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
         device: torch.device | str | None = None,
     ) -> torch.Tensor:
         """Timesteps for a training batch, uniform in ``[1, T]``."""
-        source = generator.device if generator is not None else "cpu"
+        source = generator_device(generator)
         high = self.config.num_train_timesteps + 1
         return torch.randint(1, high, (batch_size,), generator=generator, device=source).to(device or "cpu")
 
@@ -293,9 +297,11 @@ class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
                 f"{type(self).__name__} has no prior to sample starts from; call fit_prior(train_images) "
                 "before saving, or pass start_images to restore"
             )
-        prior = self.prior
+        # Drawn where the generator lives, so that a CUDA generator gives the same starts on every run.
+        source = generator_device(generator)
+        prior = {name: value.to(source) for name, value in self.prior.items()}
         component = torch.multinomial(prior["weights"], batch_size, replacement=True, generator=generator)
-        normal = randn_tensor((batch_size, prior["means"].shape[1], 1), generator=generator)
+        normal = randn_tensor((batch_size, prior["means"].shape[1], 1), generator=generator, device=source)
         coordinates = prior["means"][component] + (prior["cholesky"][component] @ normal).squeeze(-1)
         starts = self.decode(coordinates @ prior["basis"] + prior["feature_mean"]).clamp(-1, 1)
         return self._add_start_noise(starts, generator, start_noise).to(device or "cpu")

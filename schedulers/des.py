@@ -6,7 +6,7 @@ import torch
 from diffusers.configuration_utils import register_to_config
 from diffusers.utils.torch_utils import randn_tensor
 
-from .cold import ColdDiffusionScheduler, ColdSchedulerOutput, check_choice
+from .cold import ColdDiffusionScheduler, ColdSchedulerOutput, check_choice, generator_device
 from .noise_schedules import make_betas
 
 ENTROPY_SCOPES = ("image", "batch")
@@ -132,6 +132,8 @@ class EntropyScaledNoiseScheduler(ColdDiffusionScheduler):
                 "EntropyScaledNoiseScheduler has no noise scale; call fit_prior(train_images) first"
             )
         size = self.config.sample_size
-        eps = randn_tensor((batch_size, 1, size, size), generator=generator)
+        eps = randn_tensor(
+            (batch_size, 1, size, size), generator=generator, device=generator_device(generator)
+        )
         std = (1 - self.alphas_cumprod[-1]).sqrt().float() * self.prior["noise_scale"]
         return self._add_start_noise(std * eps, generator, start_noise).to(device or "cpu")

@@ -8,7 +8,7 @@ import torch
 from diffusers.configuration_utils import register_to_config
 from diffusers.image_processor import VaeImageProcessor
 
-from .cold import ColdDiffusionScheduler, check_choice
+from .cold import ColdDiffusionScheduler, check_choice, generator_device
 
 ALPHA_SCHEDULES = ("linear", "cosine")
 
@@ -79,7 +79,7 @@ class MorphScheduler(ColdDiffusionScheduler):
     def draw(self, shape, generator=None, device=None) -> torch.Tensor:
         """One random target image per batch element, in ``[-1, 1]``."""
         targets = self.targets()
-        indices = torch.randint(len(targets), (shape[0],), generator=_cpu(generator))
+        indices = _bank_indices(len(targets), shape[0], generator)
         return self._to_model_range(targets[indices], device)
 
     def _degrade(self, x0: torch.Tensor, t: torch.Tensor, draw: torch.Tensor) -> torch.Tensor:
@@ -89,7 +89,8 @@ class MorphScheduler(ColdDiffusionScheduler):
     def fit_prior(self, x0_train: torch.Tensor, generator: torch.Generator | None = None) -> None:
         """Keep ``bank_size`` random target images (not the training images) as the start bank."""
         targets = self.dataset_targets()
-        chosen = torch.randperm(len(targets), generator=_cpu(generator))[: self.config.bank_size]
+        chosen = torch.randperm(len(targets), generator=generator, device=generator_device(generator))
+        chosen = chosen[: self.config.bank_size].cpu()
         self.prior = {"targets": targets[chosen].clone()}
 
     def prior_sample(self, batch_size, generator=None, device=None, start_noise=None) -> torch.Tensor:
@@ -98,19 +99,20 @@ class MorphScheduler(ColdDiffusionScheduler):
             raise ValueError("MorphScheduler has no target bank; call fit_prior(train_images) before saving")
         mix = self.config.start_mix
         bank = self.prior["targets"]
-        indices = torch.randint(len(bank), (batch_size * mix,), generator=_cpu(generator))
+        indices = _bank_indices(len(bank), batch_size * mix, generator)
         starts = self._to_model_range(bank[indices], device).unflatten(0, (batch_size, mix)).mean(1)
         self._sampling_draw = self._add_start_noise(starts, generator, start_noise)
         self._sampling_shape = tuple(starts.shape)
         return self._sampling_draw
 
 
-def _cpu(generator: torch.Generator | None) -> torch.Generator | None:
-    # Bank indices are drawn on the CPU, where the bank lives.
-    return generator if generator is None or generator.device.type == "cpu" else None
+def _bank_indices(bank_size: int, count: int, generator: torch.Generator | None) -> torch.Tensor:
+    # Drawn on the generator's device (deterministic there too), used on the CPU where the bank lives.
+    return torch.randint(bank_size, (count,), generator=generator, device=generator_device(generator)).cpu()
 
 
 def _load_images(dataset: str) -> torch.Tensor:
+    # Not training.data.load_split: this file ships as standalone custom code beside saved weights.
     from datasets import load_dataset
 
     try:
