@@ -1,0 +1,233 @@
+"""Benchmark training throughput, sampling speed and quality per CPU-minute against the classic loop.
+
+    python scripts/benchmark.py --output benchmarks/results.json            # full run, quiet machine
+    python scripts/benchmark.py --quick --output benchmarks/results.json    # smoke run, under 2 minutes
+
+Writes the results as JSON and as a markdown table (``README.md`` beside the JSON unless ``--markdown``
+says otherwise) and prints the table. See :mod:`training.benchmark` for what each section measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipelines import load_pipeline  # noqa: E402
+from training.benchmark import (  # noqa: E402
+    VARIANTS,
+    Reference,
+    ThroughputPlan,
+    compare_samplers,
+    compare_training,
+    cpu_supports_bf16,
+    fastest_variant,
+    machine_info,
+    markdown_report,
+    quality_after_training,
+    train_argv,
+    train_steps,
+)
+from training.cli import ArgumentParser, run_cli  # noqa: E402
+from training.data import load_split  # noqa: E402
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+LOCAL_MNIST = PROJECT_ROOT.parent / "shared" / "data" / "mnist"
+QUICKSTART_DIR = Path("outputs/quickstart")
+# Defaults of the full run and of --quick (a smoke run: tiny data, a tiny UNet, few steps and samples).
+PRESETS: dict[str, dict[str, Any]] = {
+    "full": {
+        "batch_size": 128,
+        "train_samples": None,
+        "validation_images": 2000,
+        "reference_images": None,
+        "unet_preset": "small",
+        "warmup_steps": 5,
+        "windows": 5,
+        "window_steps": 20,
+        "budget_seconds": 600.0,
+        "num_fid_images": 1000,
+        "variants": ["default", "channels_last", "compile", "bf16"],
+        "num_threads": None,
+    },
+    "quick": {
+        "batch_size": 32,
+        "train_samples": 1024,
+        "validation_images": 256,
+        "reference_images": 1000,
+        "unet_preset": "tiny",
+        "warmup_steps": 2,
+        "windows": 2,
+        "window_steps": 2,
+        "budget_seconds": 8.0,
+        "num_fid_images": 16,
+        "variants": ["default", "channels_last"],
+        # One thread: with every core in use, a busy machine can stall a multi-threaded step up to 25x.
+        "num_threads": 1,
+    },
+}
+# Trainer flags for the quality runs: a few cheap samples at the end instead of a grid every epoch.
+QUIET_TRAINING = {
+    "save_images_epochs": 10**6,
+    "num_sample_images": 4,
+    "sample_scheduler": "dpmsolver",
+    "sample_inference_steps": 10,
+    "checkpointing_steps": 10**9,
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run in under 2 minutes")
+    parser.add_argument("--output", default="benchmarks/results.json", help="results .json")
+    parser.add_argument("--markdown", default=None, help="markdown table; default README.md beside --output")
+    parser.add_argument(
+        "--dataset_name",
+        default=str(LOCAL_MNIST) if LOCAL_MNIST.is_dir() else "ylecun/mnist",
+        help="Hub id or local parquet folder (default: ../shared/data/mnist when present)",
+    )
+    parser.add_argument("--model", default=None, help=f"Gaussian pipeline to sample; {QUICKSTART_DIR}")
+    parser.add_argument("--unet_preset", choices=("tiny", "small", "base"), default=None)
+    parser.add_argument("--batch_size", type=int, default=None)
+    parser.add_argument("--learning_rate", type=float, default=1e-3, help="the quickstart's")
+    parser.add_argument("--train_samples", type=int, default=None, help="training images (default: all)")
+    parser.add_argument("--validation_images", type=int, default=None, help="held-out images for the loss")
+    parser.add_argument("--reference_images", type=int, default=None, help="test images for FID (all)")
+    parser.add_argument("--warmup_steps", type=int, default=None)
+    parser.add_argument("--windows", type=int, default=None, help="timed windows per training loop")
+    parser.add_argument("--window_steps", type=int, default=None, help="optimisation steps per window")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=None)
+    parser.add_argument("--reference_num_workers", type=int, default=4, help="as the classic notebook")
+    parser.add_argument("--budget_seconds", type=float, default=None, help="training budget per network")
+    parser.add_argument("--num_fid_images", type=int, default=None, help="samples per FID")
+    parser.add_argument("--num_threads", type=int, default=None, help="torch threads (all; --quick: 1)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    for name, value in PRESETS["quick" if args.quick else "full"].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    _validate(args)
+    return args
+
+
+def _validate(args: argparse.Namespace) -> None:
+    if not args.output.endswith(".json"):
+        raise ValueError(f"--output {args.output!r} must end in .json")
+    for name in ("batch_size", "validation_images", "windows", "window_steps", "num_fid_images"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    for name in ("warmup_steps", "reference_num_workers"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name} must not be negative, got {getattr(args, name)}")
+    if args.budget_seconds <= 0:
+        raise ValueError(f"--budget_seconds must be positive, got {args.budget_seconds}")
+    if args.num_fid_images < 2:
+        raise ValueError(f"--num_fid_images must be at least 2 for FID, got {args.num_fid_images}")
+    if args.model is not None and not Path(args.model).is_dir():
+        raise ValueError(f"--model {args.model!r} is not a folder")
+    if args.model is None and not args.quick and not QUICKSTART_DIR.is_dir():
+        raise ValueError(f"no model to sample: pass --model DIR or run `make quickstart` ({QUICKSTART_DIR})")
+
+
+def network_argv(args: argparse.Namespace, model: str) -> list[str]:
+    """train.py flags of one benchmark network and its data."""
+    extra = {"learning_rate": args.learning_rate, "num_validation_images": args.validation_images}
+    if args.train_samples is not None:
+        extra["max_train_samples"] = args.train_samples
+    return train_argv(args.dataset_name, model, args.unet_preset, args.batch_size, args.seed, **extra)
+
+
+def smoke_model(args: argparse.Namespace, output_dir: Path) -> str:
+    """Train a tiny CNN for a few steps (``--quick`` without a model): a pipeline to time, not to judge."""
+    argv = network_argv(args, "cnn") + ["--n_hidden", "8", "8", "--kernel_size=3"]
+    argv += [f"--{name}={value}" for name, value in QUIET_TRAINING.items()]
+    return train_steps([*argv, f"--output_dir={output_dir}"], steps=5)["output_dir"]
+
+
+def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    """All three sections of the benchmark; returns the JSON-ready results."""
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    variants = list(args.variants)
+    skipped = {}
+    if "bf16" in variants and not cpu_supports_bf16():
+        variants.remove("bf16")
+        skipped["bf16"] = "no native bf16 kernels on this CPU (bf16 would be emulated and slower)"
+    if not variants:
+        raise ValueError("no project variant left to measure; add --variants default")
+    results: dict[str, Any] = {
+        "schema_version": 1,
+        "quick": args.quick,
+        "command": command,
+        "machine": machine_info(),
+        "settings": {key: value for key, value in vars(args).items() if key not in ("output", "markdown")},
+        "skipped_variants": skipped,
+    }
+    plan = ThroughputPlan(args.warmup_steps, args.windows, args.window_steps)
+    with tempfile.TemporaryDirectory(prefix="mnist-benchmark-") as scratch:
+        scratch = Path(scratch)
+        training = [
+            compare_training(
+                network_argv(args, model), variants, plan, args.reference_num_workers, scratch / model
+            )
+            for model in ("cnn", "unet")
+        ]
+        results["training"] = training
+
+        test = load_split(args.dataset_name, "test", args.reference_images)
+        floor = load_split(args.dataset_name, "train", max(args.num_fid_images, 10_000))
+        reference = Reference(test.images, floor.images)
+        results["quality_per_budget"] = []
+        for model, section in zip(("cnn", "unet"), training, strict=True):
+            variant = fastest_variant(section)
+            argv = network_argv(args, model) + [f"--{name}={value}" for name, value in QUIET_TRAINING.items()]
+            argv += [f"--output_dir={scratch / f'budget-{model}'}", *VARIANTS[variant]]
+            # The step count that the measured rate of these flags fits into the budget.
+            rate = section["loops"][variant]["images_per_second"]
+            steps = max(1, round(args.budget_seconds * rate / args.batch_size))
+            row = quality_after_training(argv, steps, args.num_fid_images, reference, args.seed)
+            results["quality_per_budget"].append(
+                {
+                    "model": section["model"],
+                    "flags": list(VARIANTS[variant]),
+                    "budget_seconds": args.budget_seconds,
+                    **row,
+                }
+            )
+
+        if args.model or QUICKSTART_DIR.is_dir():
+            model_dir = label = args.model or str(QUICKSTART_DIR)
+        else:
+            model_dir = smoke_model(args, scratch / "smoke")
+            label = "smoke run: a tiny CNN trained for 5 steps in-process (times only, FID meaningless)"
+        results["sampling"] = {
+            "model": label,
+            "num_images": args.num_fid_images,
+            "rows": compare_samplers(load_pipeline(model_dir), args.num_fid_images, reference, args.seed),
+        }
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    command = "python scripts/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    results = run(args, command)
+    output = Path(args.output)
+    markdown = Path(args.markdown) if args.markdown else output.with_name("README.md")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    markdown.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2) + "\n")
+    table = markdown_report(results)
+    markdown.write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

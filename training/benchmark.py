@@ -1,0 +1,485 @@
+"""CPU benchmark of this project against the classic coursework loop: training, sampling, quality per minute.
+
+Every number is measured in one process on the current machine, so the ratios between rows are what
+matters; the absolute rates depend on the CPU and on what else it is running.
+
+- Training: the project's real step (:class:`training.train.Trainer`, with its speed options) against a
+  deliberately plain copy of the classic notebook loop (PIL images decoded per item by a ``DataLoader``,
+  fp32, eager, NCHW, ``loss.item()`` every step) over the same network and the same DDPM objective,
+  alternating timed windows after a warm-up.
+- Sampling: images/s and FID of one trained Gaussian pipeline under DDPM, DDIM and DPM-Solver++.
+- Quality per CPU-minute: FID after training each network for a fixed wall-clock budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+from accelerate.state import AcceleratorState
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+from pipelines import load_pipeline
+from training.data import to_model_range, to_unit_range
+from training.metrics import sample_quality
+from training.sampling import generate
+from training.train import Trainer, compute_loss, make_model, make_scheduler, parse_args, train, training_pair
+
+SAMPLERS: tuple[tuple[str, int], ...] = (
+    ("ddpm", 1000),
+    ("ddim", 50),
+    ("ddim", 20),
+    ("dpmsolver", 20),
+    ("dpmsolver", 10),
+)
+# The project's speed options, each a set of train.py flags; bf16 last (see ProjectLoop).
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "default": (),
+    "channels_last": ("--channels_last",),
+    "compile": ("--compile",),
+    "bf16": ("--mixed_precision", "bf16"),
+}
+MIB = 1024 * 1024
+
+
+def machine_info() -> dict[str, Any]:
+    """The CPU, core and thread counts, bf16 support and library versions the numbers were taken on."""
+    model = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as handle:
+            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
+        model = names[0] if names else model
+    return {
+        "cpu": model,
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "bf16_supported": cpu_supports_bf16(),
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+    }
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether oneDNN has native bf16 kernels here (AVX-512 BF16 or AMX); elsewhere bf16 is emulated."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def peak_rss_mib() -> dict[str, float]:
+    """Peak resident memory so far of this process and of its finished children (DataLoader workers)."""
+    # ru_maxrss is in KiB on Linux.
+    return {
+        "self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    }
+
+
+def reset_accelerate_state() -> None:
+    """Forget Accelerate's process-wide state so the next ``Accelerator`` takes its own settings.
+
+    ``AcceleratorState`` is a singleton that keeps the mixed precision and dynamo backend of the first
+    ``Accelerator``; without a reset a second ``Trainer`` with other speed flags would silently run with
+    the first one's. Models keep what ``prepare`` baked in (compilation, bf16 autocast of ``forward``).
+    """
+    AcceleratorState._reset_state(reset_partial_state=False)
+
+
+def train_argv(
+    dataset: str, model: str, unet_preset: str, batch_size: int, seed: int, **extra: Any
+) -> list[str]:
+    """train.py flags shared by every run of the benchmark (extra flags as ``name=value``)."""
+    argv = [
+        f"--dataset_name={dataset}",
+        f"--model={model}",
+        f"--unet_preset={unet_preset}",
+        f"--train_batch_size={batch_size}",
+        f"--seed={seed}",
+        "--degradation=gaussian",
+    ]
+    return argv + [f"--{name}={value}" for name, value in extra.items()]
+
+
+class ClassicMNIST(Dataset):
+    """The classic notebook's dataset: one PIL image decoded and transformed per item, as torchvision's MNIST.
+
+    Normalised to ``[-1, 1]`` (the notebook used ``Normalize((0.5,), (1.0,))``) so that its loss is
+    comparable with the project's, which scales pixels with :func:`training.data.to_model_range`.
+    """
+
+    def __init__(self, dataset_name: str, split: str, limit: int | None = None):
+        from datasets import load_dataset
+
+        rows = load_dataset(dataset_name, split=split)
+        self.rows = rows.select(range(min(limit, len(rows)))) if limit is not None else rows
+        self.image_column = "image" if "image" in self.rows.column_names else "img"
+        self.transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        row = self.rows[index]
+        return self.transform(row[self.image_column]), row["label"]
+
+
+class ReferenceLoop:
+    """The classic coursework training loop over the project's network and DDPM objective.
+
+    Plain on purpose: a PIL ``DataLoader`` (``num_workers`` worker processes, as the notebook), fp32,
+    eager, NCHW, ``torch.optim.Adam`` with its CPU defaults and ``loss.item()`` after every step.
+
+    Args:
+        args: parsed train.py flags (network, schedule, batch size, learning rate, seed, data).
+        num_workers: DataLoader worker processes.
+    """
+
+    def __init__(self, args: argparse.Namespace, num_workers: int):
+        self.scheduler = make_scheduler(args)
+        torch.manual_seed(args.seed)  # the Trainer's set_seed: the same initial weights
+        self.model = make_model(args, self.scheduler.config.num_train_timesteps)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=args.learning_rate)
+        dataset = ClassicMNIST(args.dataset_name, args.train_split, args.max_train_samples)
+        self.dataloader = DataLoader(
+            dataset, batch_size=args.train_batch_size, shuffle=True, num_workers=num_workers, drop_last=True
+        )
+        self.batches = self._forever()
+        self.losses: list[float] = []
+
+    def _forever(self) -> Iterator[torch.Tensor]:
+        while True:
+            for images, _ in self.dataloader:
+                yield images
+
+    def run(self, steps: int) -> None:
+        """Take ``steps`` optimisation steps."""
+        self.model.train()
+        for _ in range(steps):
+            model_input, timesteps, target = training_pair(self.scheduler, next(self.batches))
+            loss = compute_loss(self.model(model_input, timesteps).sample, target, "l2")
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            self.losses.append(loss.item())
+
+    @property
+    def network(self) -> torch.nn.Module:
+        return self.model
+
+
+class ProjectLoop:
+    """The project's training step: a :class:`~training.train.Trainer` driven a few steps at a time.
+
+    Args:
+        argv: train.py flags; the Trainer's own logging reads the loss once per call of :meth:`run`.
+    """
+
+    def __init__(self, argv: list[str]):
+        from tqdm.auto import tqdm
+
+        reset_accelerate_state()
+        self.trainer = Trainer(parse_args(argv))
+        self.trainer.progress = tqdm(disable=True)  # set by Trainer.train(), which we do not call
+        self.epoch = 0
+
+    def run(self, steps: int) -> None:
+        """Take ``steps`` optimisation steps (whole or partial epochs of the Trainer's own data loader)."""
+        trainer = self.trainer
+        trainer.max_train_steps = trainer.global_step + steps
+        while trainer.global_step < trainer.max_train_steps:
+            trainer.train_epoch(self.epoch, 0)
+            self.epoch += 1
+
+    @property
+    def network(self) -> torch.nn.Module:
+        return self.trainer.accelerator.unwrap_model(self.trainer.model)
+
+
+@torch.inference_mode()
+def held_out_loss(
+    network: torch.nn.Module, scheduler, images: torch.Tensor, seed: int, batch_size: int = 500
+) -> tuple[float, float]:
+    """Mean L2 loss and its standard error over held-out ``uint8`` images with fixed noise and timesteps."""
+    network.eval()
+    generator = torch.Generator().manual_seed(seed)
+    losses = []
+    for batch in images.split(batch_size):
+        model_input, timesteps, target = training_pair(scheduler, to_model_range(batch), generator)
+        prediction = network(model_input, timesteps).sample
+        per_image = (prediction.float() - target).pow(2).flatten(1).mean(1)
+        losses.append(per_image)
+    network.train()
+    losses = torch.cat(losses)
+    return losses.mean().item(), (losses.std() / len(losses) ** 0.5).item()
+
+
+@dataclass
+class ThroughputPlan:
+    """How the training loops are timed.
+
+    Attributes:
+        warmup_steps: untimed steps first (allocations, thread pools, compilation).
+        windows: timed windows per loop, alternating between the loops.
+        window_steps: optimisation steps per window.
+    """
+
+    warmup_steps: int
+    windows: int
+    window_steps: int
+
+    @property
+    def total_steps(self) -> int:
+        return self.warmup_steps + self.windows * self.window_steps
+
+
+@dataclass
+class LoopResult:
+    """Timings of one training loop."""
+
+    window_images_per_second: list[float] = field(default_factory=list)
+    setup_seconds: float = 0.0
+    warmup_seconds: float = 0.0
+    peak_rss_after_warmup_mib: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return statistics.median(self.window_images_per_second)
+
+
+def compare_training(
+    argv: list[str], variants: list[str], plan: ThroughputPlan, reference_num_workers: int, output_dir: Path
+) -> dict[str, Any]:
+    """Time the reference loop and each project variant, alternating windows, in this process.
+
+    Args:
+        argv: train.py flags of the network, its data and the seed (see :func:`train_argv`).
+        variants: names from :data:`VARIANTS` (at least one).
+        plan: warm-up and timed windows.
+        reference_num_workers: DataLoader workers of the reference loop.
+        output_dir: scratch folder for the Trainers' logs.
+
+    Returns:
+        Per loop: median images/s, the window rates, ratio to the reference, set-up and warm-up time,
+        process peak RSS after its warm-up, and the held-out loss after the same number of steps.
+    """
+    # Read the loss only when the benchmark ends a window, and never write checkpoints.
+    argv = [*argv, f"--logging_steps={10**9}", f"--checkpointing_steps={10**9}"]
+    args = parse_args([*argv, f"--output_dir={output_dir / 'reference'}"])
+    loops: dict[str, ReferenceLoop | ProjectLoop] = {}
+    results: dict[str, LoopResult] = {}
+    for name in ["reference", *sorted(variants, key=list(VARIANTS).index)]:
+        start = time.perf_counter()
+        if name == "reference":
+            loops[name] = ReferenceLoop(args, reference_num_workers)
+        else:
+            loops[name] = ProjectLoop([*argv, f"--output_dir={output_dir / name}", *VARIANTS[name]])
+        results[name] = LoopResult(setup_seconds=time.perf_counter() - start)
+    initial = list(loops["reference"].network.parameters())
+    same_start = all(
+        all(torch.equal(a, b) for a, b in zip(initial, loop.network.parameters(), strict=True))
+        for loop in loops.values()
+    )
+    for name, loop in loops.items():
+        start = time.perf_counter()
+        loop.run(plan.warmup_steps)
+        results[name].warmup_seconds = time.perf_counter() - start
+        results[name].peak_rss_after_warmup_mib = peak_rss_mib()["self"]
+    for _ in range(plan.windows):
+        for name, loop in loops.items():
+            start = time.perf_counter()
+            loop.run(plan.window_steps)
+            elapsed = time.perf_counter() - start
+            results[name].window_images_per_second.append(plan.window_steps * args.train_batch_size / elapsed)
+
+    project = next(loop for loop in loops.values() if isinstance(loop, ProjectLoop))
+    held_out = project.trainer.validation_images
+    report: dict[str, Any] = {
+        "model": args.model if args.model == "cnn" else f"unet-{args.unet_preset}",
+        "batch_size": args.train_batch_size,
+        "steps": plan.total_steps,
+        "plan": vars(plan),
+        "same_initial_weights": same_start,
+        "held_out_images": len(held_out),
+        "loops": {},
+    }
+    for name, loop in loops.items():
+        loss, stderr = held_out_loss(loop.network, loops["reference"].scheduler, held_out, args.seed)
+        result = results[name]
+        report["loops"][name] = {
+            "flags": list(VARIANTS.get(name, ())),
+            "images_per_second": result.images_per_second,
+            "window_images_per_second": result.window_images_per_second,
+            "ratio_to_reference": result.images_per_second / results["reference"].images_per_second,
+            "setup_seconds": result.setup_seconds,
+            "warmup_seconds": result.warmup_seconds,
+            "peak_rss_after_warmup_mib": result.peak_rss_after_warmup_mib,
+            "held_out_loss": loss,
+            "held_out_loss_stderr": stderr,
+        }
+    reference = report["loops"]["reference"]
+    for entry in report["loops"].values():
+        difference = entry["held_out_loss"] - reference["held_out_loss"]
+        noise = (entry["held_out_loss_stderr"] ** 2 + reference["held_out_loss_stderr"] ** 2) ** 0.5
+        entry["loss_within_noise"] = abs(difference) <= 2 * noise
+    report["peak_rss_mib"] = peak_rss_mib()
+    return report
+
+
+def fastest_variant(training: dict[str, Any]) -> str:
+    """The project variant with the highest median images/s in a :func:`compare_training` report."""
+    loops = {name: entry for name, entry in training["loops"].items() if name != "reference"}
+    return max(loops, key=lambda name: loops[name]["images_per_second"])
+
+
+class Reference:
+    """Real images for FID: the test split as the reference, training images for the floor."""
+
+    def __init__(self, test_images: torch.Tensor, train_images: torch.Tensor):
+        # The same objects for every call: sample_quality caches their features by identity.
+        self.reference01 = to_unit_range(to_model_range(test_images))
+        self.floor01 = to_unit_range(to_model_range(train_images))
+
+    def score(self, images01: torch.Tensor) -> dict[str, float]:
+        """FID (and its floor at the same N), KID, IS and class balance of ``images01``."""
+        return sample_quality(images01, self.reference01, self.floor01)
+
+
+def compare_samplers(pipeline, num_images: int, reference: Reference, seed: int) -> list[dict[str, Any]]:
+    """Images/s and FID of each of :data:`SAMPLERS` on ``pipeline``, with ratios to 1000-step DDPM."""
+    rows = []
+    for sampler, steps in SAMPLERS:
+        steps = min(steps, pipeline.scheduler.config.num_train_timesteps)
+        start = time.perf_counter()
+        images = generate(pipeline, num_images, sampler, steps, seed=seed)
+        elapsed = time.perf_counter() - start
+        rows.append(
+            {
+                "sampler": sampler,
+                "steps": steps,
+                "seconds": elapsed,
+                "images_per_second": num_images / elapsed,
+                **_quality_fields(reference.score(images)),
+            }
+        )
+    baseline = rows[0]
+    for row in rows:
+        row["speedup_vs_ddpm"] = row["images_per_second"] / baseline["images_per_second"]
+        row["fid_ratio_vs_ddpm"] = row["fid"] / baseline["fid"]
+    return rows
+
+
+def _quality_fields(metrics: dict[str, float]) -> dict[str, float]:
+    keys = ("fid", "fid_floor", "kid_mean", "inception_score_mean", "class_entropy")
+    return {key: metrics[key] for key in keys}
+
+
+def train_steps(argv: list[str], steps: int) -> dict[str, Any]:
+    """Train with the real Trainer (``training.train.train``) for ``steps`` optimisation steps.
+
+    Returns:
+        The step count, the wall-clock seconds of the whole run (data loading, validation and saving
+        included) and the folder of the saved pipeline.
+    """
+    args = parse_args(argv)
+    args.max_train_steps = steps
+    reset_accelerate_state()
+    start = time.perf_counter()
+    train(args)
+    return {"steps": steps, "wall_seconds": time.perf_counter() - start, "output_dir": args.output_dir}
+
+
+def quality_after_training(
+    argv: list[str], steps: int, num_images: int, reference: Reference, seed: int
+) -> dict[str, Any]:
+    """FID of ``num_images`` DPM-Solver++ (20 steps) samples after ``steps`` steps of training."""
+    run = train_steps(argv, steps)
+    pipeline = load_pipeline(run.pop("output_dir"))
+    images = generate(pipeline, num_images, "dpmsolver", 20, seed=seed)
+    return {**run, **_quality_fields(reference.score(images))}
+
+
+def markdown_report(results: dict[str, Any]) -> str:
+    """The results as markdown: the machine, then one table per section."""
+    machine = results["machine"]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"`{results['command']}`",
+        "",
+    ]
+    if results["quick"]:
+        lines += [
+            "**Smoke run (`--quick`)**: tiny data, few steps and few samples; the numbers only show that the",
+            "benchmark runs. Run it without `--quick` on a quiet machine for results.",
+            "",
+        ]
+    lines += [
+        f"Machine: {machine['cpu']}, {machine['usable_cpus']} usable CPUs ({machine['torch_threads']} torch "
+        f"threads), bf16 kernels: {'yes' if machine['bf16_supported'] else 'no'}, load average "
+        f"{machine['load_average_1min']:.1f} at the start; torch {machine['torch']}, diffusers "
+        f"{machine['diffusers']}, Python {machine['python']}.",
+        "",
+        "## Training throughput",
+        "",
+        "Reference: the classic notebook loop (PIL DataLoader, fp32, eager, NCHW, `loss.item()` every step).",
+        "Ours: `training.train.Trainer` with the flags shown. Median of the timed windows, alternating",
+        "between the loops after a warm-up; held-out loss (fixed noise) after the same number of steps from",
+        "the same initial weights.",
+        "",
+        "| model | loop | flags | images/s | × reference | held-out loss | peak RSS (MiB) |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for section in results["training"]:
+        for name, loop in section["loops"].items():
+            lines.append(
+                f"| {section['model']} | {name} | {' '.join(loop['flags']) or '-'} | "
+                f"{loop['images_per_second']:.0f} | {loop['ratio_to_reference']:.2f} | "
+                f"{loop['held_out_loss']:.4f} ± {loop['held_out_loss_stderr']:.4f} | "
+                f"{loop['peak_rss_after_warmup_mib']:.0f} |"
+            )
+    sampling = results["sampling"]
+    lines += [
+        "",
+        "## Sampling",
+        "",
+        f"Model: {sampling['model']}. {sampling['num_images']} images per sampler; FID on the MNIST "
+        "classifier's features against the test split (floor: as many real training images).",
+        "",
+        "| sampler | steps | images/s | × DDPM 1000 | FID | FID / FID(DDPM) | FID floor |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in sampling["rows"]:
+        lines.append(
+            f"| {row['sampler']} | {row['steps']} | {row['images_per_second']:.1f} | "
+            f"{row['speedup_vs_ddpm']:.1f} | {row['fid']:.2f} | {row['fid_ratio_vs_ddpm']:.2f} | "
+            f"{row['fid_floor']:.2f} |"
+        )
+    lines += [
+        "",
+        "## Quality per CPU-minute",
+        "",
+        "FID of DPM-Solver++ (20 steps) samples after training for a fixed wall-clock budget with the",
+        "fastest flags measured above (wall time includes data loading, validation and saving).",
+        "",
+        "| model | flags | budget (s) | steps | wall (s) | FID | FID floor |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in results["quality_per_budget"]:
+        lines.append(
+            f"| {row['model']} | {' '.join(row['flags']) or '-'} | {row['budget_seconds']:.0f} | "
+            f"{row['steps']} | {row['wall_seconds']:.0f} | {row['fid']:.2f} | {row['fid_floor']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
