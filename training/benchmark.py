@@ -418,9 +418,10 @@ def markdown_report(results: dict[str, Any]) -> str:
     lines = [
         "# Benchmark results",
         "",
-        f"Produced by `{results['command']}`. A full run (about 40 minutes on 2 cores; samples",
-        "`outputs/quickstart` unless `--model DIR`) on a quiet machine:",
-        "`python scripts/benchmark.py --output benchmarks/results.json`.",
+        f"Produced by `{results['command']}`.",
+        "",
+        "A full run on a quiet machine (about 40 minutes on 2 cores; it samples `outputs/quickstart` unless",
+        "`--model DIR`): `python scripts/benchmark.py --output benchmarks/results.json`.",
         "",
     ]
     if results["quick"]:
