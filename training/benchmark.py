@@ -34,7 +34,16 @@ from pipelines import load_pipeline
 from training.data import to_model_range, to_unit_range
 from training.metrics import sample_quality
 from training.sampling import generate
-from training.train import Trainer, compute_loss, make_model, make_scheduler, parse_args, train, training_pair
+from training.train import (
+    Trainer,
+    compute_loss,
+    held_out_losses,
+    make_model,
+    make_scheduler,
+    parse_args,
+    train,
+    training_pair,
+)
 
 SAMPLERS: tuple[tuple[str, int], ...] = (
     ("ddpm", 1000),
@@ -214,15 +223,8 @@ def held_out_loss(
 ) -> tuple[float, float]:
     """Mean L2 loss and its standard error over held-out ``uint8`` images with fixed noise and timesteps."""
     network.eval()
-    generator = torch.Generator().manual_seed(seed)
-    losses = []
-    for batch in images.split(batch_size):
-        model_input, timesteps, target = training_pair(scheduler, to_model_range(batch), generator)
-        prediction = network(model_input, timesteps).sample
-        per_image = (prediction.float() - target).pow(2).flatten(1).mean(1)
-        losses.append(per_image)
+    losses = held_out_losses(network, scheduler, images, "l2", batch_size, seed)
     network.train()
-    losses = torch.cat(losses)
     return losses.mean().item(), (losses.std() / len(losses) ** 0.5).item()
 
 

@@ -13,6 +13,7 @@ saved with ``save_pretrained(OUTPUT_DIR)``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import logging
@@ -21,6 +22,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +129,12 @@ def build_parser() -> ArgumentParser:
         "--channels_last", action="store_true", help="NHWC memory format for the convolutions."
     )
     speed.add_argument("--compile", action="store_true", help="torch.compile the model (inductor).")
-    speed.add_argument("--num_threads", type=int, default=None, help="torch intra-op threads (default: all).")
+    speed.add_argument(
+        "--num_threads",
+        type=int,
+        default=None,
+        help="torch threads per process (default: cores / processes).",
+    )
     optim.add_argument("--seed", type=int, default=0)
 
     logs = parser.add_argument_group("logging, samples and checkpoints")
@@ -288,10 +295,48 @@ def training_pair(
     return model_input, timesteps, target
 
 
-def compute_loss(prediction: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    """Mean L1 or L2 loss in float32."""
+def per_image_loss(prediction: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """L1 or L2 loss of each image, ``(batch,)``, in float32."""
     loss_fn = F.l1_loss if kind == "l1" else F.mse_loss
-    return loss_fn(prediction.float(), target.float())
+    return loss_fn(prediction.float(), target.float(), reduction="none").flatten(1).mean(1)
+
+
+def compute_loss(prediction: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """Mean L1 or L2 loss in float32 (the training objective)."""
+    return per_image_loss(prediction, target, kind).mean()
+
+
+@torch.inference_mode()
+def held_out_losses(
+    model: torch.nn.Module,
+    scheduler,
+    images: torch.Tensor,
+    kind: str,
+    batch_size: int = 512,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> torch.Tensor:
+    """Per-image losses on ``uint8`` images, noise and timesteps fixed by ``seed`` (comparable across runs).
+
+    Args:
+        model: the network, in the mode the caller chose (``eval`` for validation).
+        scheduler: the training scheduler (see :func:`training_pair`).
+        images: ``uint8`` images ``(N, H, W)``.
+        kind: ``l1`` or ``l2``.
+        batch_size: images per network call.
+        seed: seed of the noise and timestep draws.
+        device: where the model runs.
+        autocast: context manager factory for mixed precision (e.g. ``accelerator.autocast``).
+    """
+    generator = torch.Generator(device=device).manual_seed(seed)
+    losses = []
+    for batch in images.split(batch_size):
+        model_input, timesteps, target = training_pair(scheduler, to_model_range(batch).to(device), generator)
+        with autocast():
+            prediction = model(model_input, timesteps).sample
+        losses.append(per_image_loss(prediction, target, kind))
+    return torch.cat(losses)
 
 
 def _checkpoints(output_dir: str) -> list[Path]:
@@ -385,8 +430,11 @@ class Trainer:
                 to_model_range(self.train_images), generator=torch.Generator().manual_seed(args.seed)
             )
 
-        if args.num_threads:
-            torch.set_num_threads(args.num_threads)
+        # `accelerate launch` exports OMP_NUM_THREADS=1 for a single CPU process, which halves the speed of
+        # a 2-core laptop; by default each process gets an equal share of the cores instead.
+        usable_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        cores_per_process = max(1, (usable_cores or 1) // accelerator.num_processes)
+        torch.set_num_threads(args.num_threads or cores_per_process)
         model = make_model(args, self.scheduler.config.num_train_timesteps)
         self.memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
         model = model.to(memory_format=self.memory_format)
@@ -558,19 +606,14 @@ class Trainer:
             self.ema_model.restore(self.model.parameters())
         self.model.train()
 
-    @torch.inference_mode()
     def validation_loss(self) -> float:
         """Mean loss over the validation images with a fixed noise seed, so epochs are comparable."""
-        args, device = self.args, self.accelerator.device
-        generator = torch.Generator(device=device).manual_seed(args.seed)
-        total = 0.0
-        for start in range(0, len(self.validation_images), args.eval_batch_size):
-            x0 = to_model_range(self.validation_images[start : start + args.eval_batch_size]).to(device)
-            model_input, timesteps, target = training_pair(self.scheduler, x0, generator)
-            with self.accelerator.autocast():
-                prediction = self.model(model_input, timesteps).sample
-            total += compute_loss(prediction, target, args.loss).item() * len(x0)
-        return total / len(self.validation_images)
+        args = self.args
+        losses = held_out_losses(
+            self.model, self.scheduler, self.validation_images, args.loss, args.eval_batch_size, args.seed,
+            self.accelerator.device, self.accelerator.autocast,
+        )  # fmt: skip
+        return losses.mean().item()
 
     def sample_quality(self, pipeline) -> dict[str, float]:
         """FID/KID/IS/class balance of ``--eval_num_images`` samples against the validation images."""
