@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 MNIST ?= $(if $(wildcard ../shared/data/mnist),../shared/data/mnist,ylecun/mnist)
 QUICKSTART_DIR ?= outputs/quickstart
 
-.PHONY: install quickstart test lint sample demo
+.PHONY: install quickstart test lint sample demo docs
 
 $(BIN)/activate: setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
@@ -30,3 +30,7 @@ test: lint
 
 demo: install
 	$(BIN)/python scripts/demo.py --model $(QUICKSTART_DIR)
+
+docs: install
+	$(BIN)/python -m pip install --quiet -e '.[docs]'
+	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
