@@ -36,10 +36,8 @@ from training.benchmark import (  # noqa: E402
     train_steps,
 )
 from training.cli import ArgumentParser, run_cli  # noqa: E402
-from training.data import load_split  # noqa: E402
+from training.data import default_mnist, load_split  # noqa: E402
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-LOCAL_MNIST = PROJECT_ROOT.parent / "shared" / "data" / "mnist"
 QUICKSTART_DIR = Path("outputs/quickstart")
 # Defaults of the full run and of --quick (a smoke run: tiny data, a tiny UNet, few steps and samples).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -90,7 +88,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--markdown", default=None, help="markdown table; default README.md beside --output")
     parser.add_argument(
         "--dataset_name",
-        default=str(LOCAL_MNIST) if LOCAL_MNIST.is_dir() else "ylecun/mnist",
+        default=default_mnist(),
         help="Hub id or local parquet folder (default: ../shared/data/mnist when present)",
     )
     parser.add_argument("--model", default=None, help=f"Gaussian pipeline to sample; {QUICKSTART_DIR}")

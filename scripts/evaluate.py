@@ -1,6 +1,6 @@
 """Score samples of a saved pipeline (or a ``.npy`` of images) against MNIST; write metrics.json and figures.
 
-    python scripts/evaluate.py --model outputs/quickstart --num_images 1000 --scheduler dpmsolver \
+    python scripts/evaluate.py --model outputs/quickstart --num_images 1000 --scheduler dpmsolver \\
         --num_inference_steps 25 --seed 0 --output outputs/quickstart/eval/metrics.json
     python scripts/evaluate.py --samples samples.npy --output metrics.json
 
@@ -27,7 +27,7 @@ from torchvision.utils import save_image
 
 from pipelines import load_pipeline
 from training.cli import run_cli
-from training.data import load_split
+from training.data import default_mnist, load_split
 from training.metrics import (
     FEATURE_NETWORKS,
     SampleQuality,
@@ -52,7 +52,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--features", choices=FEATURE_NETWORKS, default="mnist")
-    parser.add_argument("--data", default="../shared/data/mnist", help="Hub id or local parquet folder")
+    parser.add_argument(
+        "--dataset_name",
+        default=default_mnist(),
+        help="Hub id or local parquet folder (default: local copy or Hub)",
+    )
     parser.add_argument("--per_t_images", type=int, default=32, help="test images behind the per-t curves")
     parser.add_argument("--per_t_points", type=int, default=10, help="severities t of the restoration curves")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -172,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
             "images_per_second": len(images) / seconds,
         }
 
-    test, train = load_split(args.data, "test"), load_split(args.data, "train")
+    test, train = load_split(args.dataset_name, "test"), load_split(args.dataset_name, "train")
     quality = SampleQuality(test, train, features=args.features, seed=args.seed, device=args.device)
     evaluation = quality.evaluate(images)
     metrics |= evaluation.to_dict()

@@ -1,6 +1,6 @@
 """Draw samples from a saved pipeline folder and write a PNG grid or a ``.npy`` array.
 
-    python scripts/sample.py --model outputs/quickstart --num_images 64 --scheduler dpmsolver \
+    python scripts/sample.py --model outputs/quickstart --num_images 64 --scheduler dpmsolver \\
         --num_inference_steps 25 --seed 0 --output samples.png
 
 ``.npy`` output is a float32 array of shape ``(N, 28, 28)`` in ``[0, 1]``. The same seed gives the same

@@ -52,8 +52,8 @@ def test_scores_a_npy_of_samples(synthetic_mnist, tmp_path):
     np.save(tmp_path / "samples.npy", samples)
     output = tmp_path / "eval" / "metrics.json"
     result = run_python(
-        "scripts/evaluate.py", "--samples", str(tmp_path / "samples.npy"), "--data", str(synthetic_mnist),
-        "--output", str(output),
+        "scripts/evaluate.py", "--samples", str(tmp_path / "samples.npy"),
+        "--dataset_name", str(synthetic_mnist), "--output", str(output),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "FID" in result.stdout and "floor" in result.stdout
@@ -71,7 +71,7 @@ def test_samples_a_gaussian_pipeline_and_reports_speed_and_normality(
         load_script("evaluate").main,
         [
             "--model", str(tiny_ddpm_folder), "--num_images", "12", "--scheduler", "ddim",
-            "--num_inference_steps", "2", "--data", str(synthetic_mnist), "--per_t_images", "8",
+            "--num_inference_steps", "2", "--dataset_name", str(synthetic_mnist), "--per_t_images", "8",
             "--device", "cpu", "--output", str(output),
         ],
     )  # fmt: skip
@@ -98,7 +98,7 @@ def test_samples_a_cold_pipeline_and_reports_restoration_per_t(synthetic_mnist, 
         load_script("evaluate").main,
         [
             "--model", str(tmp_path / "cold"), "--num_images", "12", "--scheduler", "naive",
-            "--num_inference_steps", "3", "--data", str(synthetic_mnist), "--per_t_images", "8",
+            "--num_inference_steps", "3", "--dataset_name", str(synthetic_mnist), "--per_t_images", "8",
             "--per_t_points", "3", "--device", "cpu", "--output", str(output),
         ],
     )  # fmt: skip

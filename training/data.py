@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,6 +17,13 @@ from diffusers.image_processor import VaeImageProcessor
 
 MNIST = "ylecun/mnist"
 FASHION_MNIST = "zalando-datasets/fashion_mnist"
+# The offline copy beside the project folder (as on this project's CI machines), when there is one.
+LOCAL_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
+
+def default_mnist() -> str:
+    """The offline MNIST copy beside the project when present, else the Hub id ``ylecun/mnist``."""
+    return str(LOCAL_MNIST) if LOCAL_MNIST.is_dir() else MNIST
 
 
 @dataclass

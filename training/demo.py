@@ -24,14 +24,15 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 from pipelines import load_pipeline
-from training.data import load_split, to_model_range, to_unit_range
+from training.data import LOCAL_MNIST, load_split, to_model_range, to_unit_range
 from training.sampling import check_sampling_args, generate, is_gaussian, samplers_for
 
 DEFAULT_MODEL = "outputs/quickstart"
 TRAIN_COMMAND = "accelerate launch training/train.py --config training/configs/quickstart.yaml"
 # The offline MNIST copy beside the project, when there is one; the Hub is only used when asked for, since
 # without a network its retries would hold up the start for half a minute.
-DEFAULT_TEST_DATA = "../shared/data/mnist" if Path("../shared/data/mnist").is_dir() else None
+# No Hub default: an unreachable Hub would stall start-up with retries; uploads always work.
+DEFAULT_TEST_DATA = str(LOCAL_MNIST) if LOCAL_MNIST.is_dir() else None
 MAX_IMAGES = 64
 MAX_SEED = 2**32 - 1
 MAX_GIF_FRAMES = 30
