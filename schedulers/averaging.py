@@ -70,7 +70,6 @@ class AveragingScheduler(ColdDiffusionScheduler):
             raise ValueError(
                 f"num_train_timesteps={num_train_timesteps} must equal sample_size // group_size = {steps}"
             )
-        self._resolve_sampling(sampling)
         self.register_to_config(num_train_timesteps=steps, _line_order=line_order(order, sample_size, seed))
         super().__init__()
 

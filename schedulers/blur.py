@@ -34,13 +34,10 @@ class GaussianBlurScheduler(ColdDiffusionScheduler):
         sampling: str = "improved",
         start_noise: float = 0.0,
     ):
-        if num_train_timesteps < 1:
-            raise ValueError(f"num_train_timesteps={num_train_timesteps} must be >= 1")
         if not 0.0 < sigma_start <= sigma_end:
             raise ValueError(
                 f"sigma_start={sigma_start} and sigma_end={sigma_end} must satisfy 0 < start <= end"
             )
-        self._resolve_sampling(sampling)
         super().__init__()
 
     def sigma(self, t: torch.Tensor) -> torch.Tensor:

@@ -76,6 +76,12 @@ class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
     prior_fit_images = 10_000
 
     def __init__(self):
+        # The settings every cold scheduler shares, checked once here for all of them.
+        if self.config.num_train_timesteps < 1:
+            raise ValueError(f"num_train_timesteps={self.config.num_train_timesteps} must be >= 1")
+        self._resolve_sampling(self.config.sampling)
+        if self.config.start_noise < 0:
+            raise ValueError(f"start_noise={self.config.start_noise} must be >= 0")
         self.prior: dict[str, torch.Tensor] = {}
         self.num_inference_steps: int | None = None
         self.timesteps = torch.arange(self.config.num_train_timesteps, 0, -1)

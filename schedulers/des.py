@@ -61,7 +61,6 @@ class EntropyScaledNoiseScheduler(ColdDiffusionScheduler):
         start_noise: float = 0.0,
     ):
         check_choice("entropy_scope", entropy_scope, ENTROPY_SCOPES)
-        self._resolve_sampling(sampling)
         betas = make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end)
         self.alphas_cumprod = torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1 - betas, 0)])
         super().__init__()

@@ -34,13 +34,10 @@ class ImpulseNoiseScheduler(ColdDiffusionScheduler):
         sampling: str = "improved",
         start_noise: float = 0.0,
     ):
-        if num_train_timesteps < 1:
-            raise ValueError(f"num_train_timesteps={num_train_timesteps} must be >= 1")
         if not 0.0 < rho_start <= rho_end < 0.5:
             raise ValueError(
                 f"rho_start={rho_start} and rho_end={rho_end} must satisfy 0 < rho_start <= rho_end < 0.5"
             )
-        self._resolve_sampling(sampling)
         super().__init__()
 
     def density(self, t: torch.Tensor) -> torch.Tensor:

@@ -34,10 +34,7 @@ class MaskScheduler(ColdDiffusionScheduler):
         sampling: str = "improved",
         start_noise: float = 0.0,
     ):
-        if num_train_timesteps < 1:
-            raise ValueError(f"num_train_timesteps={num_train_timesteps} must be >= 1")
         check_choice("order", order, MASK_ORDERS)
-        self._resolve_sampling(sampling)
         super().__init__()
 
     def centre_priority(self, device: torch.device | None = None) -> torch.Tensor:

@@ -43,12 +43,9 @@ class MorphScheduler(ColdDiffusionScheduler):
         sampling: str = "improved",
         start_noise: float = 0.0,
     ):
-        if num_train_timesteps < 1:
-            raise ValueError(f"num_train_timesteps={num_train_timesteps} must be >= 1")
         check_choice("alpha_schedule", alpha_schedule, ALPHA_SCHEDULES)
         if bank_size < 1 or start_mix < 1:
             raise ValueError(f"bank_size={bank_size} and start_mix={start_mix} must both be >= 1")
-        self._resolve_sampling(sampling)
         super().__init__()
         self._dataset_targets: torch.Tensor | None = None
 

@@ -49,7 +49,6 @@ class PixelateScheduler(ColdDiffusionScheduler):
             raise ValueError(
                 f"num_train_timesteps={num_train_timesteps} must equal the number of factors, {steps}"
             )
-        self._resolve_sampling(sampling)
         self.register_to_config(num_train_timesteps=steps)
         super().__init__()
 

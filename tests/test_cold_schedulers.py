@@ -212,3 +212,16 @@ def test_invalid_calls_are_clear_value_errors():
         scheduler.degrade(images(), 9)
     with pytest.raises(ValueError, match="no prior"):
         scheduler.prior_sample(1)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"sampling": "reverse"}, "sampling='reverse'"),
+        ({"start_noise": -0.1}, "start_noise=-0.1 must be >= 0"),
+    ],
+)
+def test_shared_settings_are_checked_for_every_degradation(name, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DEGRADATIONS[name](**kwargs)
