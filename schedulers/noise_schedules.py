@@ -100,4 +100,7 @@ def ddpm_scheduler(
         trained_betas=betas.tolist(),
         prediction_type=prediction_type,
         clip_sample=True,
+        # Saved with the config, so DDIM and DPM-Solver++ built from it start at t = T - 1 for any step count
+        # (the default "leading" spacing starts lower, and collapses to t = 0 when steps approach T).
+        timestep_spacing="trailing",
     )

@@ -28,8 +28,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="Saved pipeline folder (or Hub id).")
     parser.add_argument("--num_images", type=int, default=64)
-    parser.add_argument("--scheduler", choices=GAUSSIAN_SAMPLERS + COLD_SAMPLERS, default=None)
-    parser.add_argument("--num_inference_steps", type=int, default=None, help="Default: T.")
+    parser.add_argument(
+        "--scheduler",
+        choices=GAUSSIAN_SAMPLERS + COLD_SAMPLERS,
+        default=None,
+        help="Default: dpmsolver (Gaussian) or improved (cold).",
+    )
+    parser.add_argument(
+        "--num_inference_steps", type=int, default=None, help="Default: 25 (dpmsolver), 50 (ddim), else T."
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--output", required=True, help="A .png grid or a .npy array.")

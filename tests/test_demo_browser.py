@@ -102,7 +102,7 @@ def test_generate_fills_gallery_with_non_blank_images(page: Page, tmp_path: Path
     for src in thumbnails.evaluate_all("images => images.map(image => image.src)"):
         pixels = np.asarray(_fetch_image(page, src).convert("L"))
         assert pixels.std() > 10, f"blank sample {src}"
-    expect(page.locator("#timing")).to_contain_text("5 image(s), DDPM (ancestral), 10 steps")
+    expect(page.locator("#timing")).to_contain_text("5 image(s), DPM-Solver++, 10 steps")
 
     process = _fetch_image(page, page.locator("#process img").get_attribute("src"))
     assert process.n_frames > 2, "the reverse process should be animated"

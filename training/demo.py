@@ -25,7 +25,14 @@ from torchvision.utils import make_grid
 
 from pipelines import load_pipeline
 from training.data import LOCAL_MNIST, load_split, to_model_range, to_unit_range
-from training.sampling import check_sampling_args, generate, is_gaussian, samplers_for
+from training.sampling import (
+    check_sampling_args,
+    default_sampler,
+    default_steps,
+    generate,
+    is_gaussian,
+    samplers_for,
+)
 
 DEFAULT_MODEL = "outputs/quickstart"
 TRAIN_COMMAND = "accelerate launch training/train.py --config training/configs/quickstart.yaml"
@@ -49,7 +56,6 @@ SAMPLER_LABELS = {
 # Gradio injects a progress tracker into handlers with this default; it follows the pipelines' tqdm bars.
 TRACK_TQDM = gr.Progress(track_tqdm=True)
 # Default steps for the fast Gaussian samplers; every other sampler defaults to all T steps.
-FAST_SAMPLER_STEPS = {"ddim": 50, "dpmsolver": 25}
 
 
 class ModelStore:
@@ -80,12 +86,6 @@ class ModelStore:
                 except Exception as error:  # missing folders, bad configs and Hub errors all end here
                     raise ValueError(f"could not load model {name!r}: {error}") from error
             return self._pipelines[name]
-
-
-def default_steps(pipeline: DiffusionPipeline, sampler: str) -> int:
-    """A sensible number of steps for ``sampler``: few for DDIM and DPM-Solver++, otherwise all ``T``."""
-    num_train_timesteps = pipeline.scheduler.config.num_train_timesteps
-    return min(FAST_SAMPLER_STEPS.get(sampler, num_train_timesteps), num_train_timesteps)
 
 
 def describe(name: str, pipeline: DiffusionPipeline) -> str:
@@ -273,7 +273,7 @@ def build_demo(
         first = None
         notice = f"⚠️ {error}. You can also type a saved pipeline folder or a Hub id in **Model**."
     samplers = samplers_for(first) if first else ()
-    sampler = samplers[0] if samplers else None
+    sampler = default_sampler(first) if first else None
     cold = first is not None and not is_gaussian(first)
     num_train_timesteps = first.scheduler.config.num_train_timesteps if first else 1000
     test_digits = load_test_digits(test_data)
@@ -346,10 +346,11 @@ def build_demo(
             pipeline = _loaded(store, name)
             names = samplers_for(pipeline)
             limit = pipeline.scheduler.config.num_train_timesteps
+            sampler = default_sampler(pipeline)
             return (
                 describe(name, pipeline),
-                gr.Radio(choices=[(SAMPLER_LABELS[n], n) for n in names], value=names[0]),
-                gr.Number(value=default_steps(pipeline, names[0]), info=f"1 to {limit}"),
+                gr.Radio(choices=[(SAMPLER_LABELS[n], n) for n in names], value=sampler),
+                gr.Number(value=default_steps(pipeline, sampler), info=f"1 to {limit}"),
                 gr.Accordion(visible=not is_gaussian(pipeline)),
                 gr.Slider(maximum=limit, value=limit // 2),
             )

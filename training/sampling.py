@@ -18,6 +18,8 @@ from diffusers import (
 
 GAUSSIAN_SAMPLERS = ("ddpm", "ddim", "dpmsolver")
 COLD_SAMPLERS = ("improved", "naive", "direct")
+# The usual step counts of the few-step samplers; ancestral DDPM and the cold samplers take all T steps.
+FAST_SAMPLER_STEPS = {"ddim": 50, "dpmsolver": 25}
 
 
 def is_gaussian(pipeline: DiffusionPipeline) -> bool:
@@ -52,8 +54,14 @@ def with_gaussian_sampler(pipeline: DDPMPipeline, sampler: str) -> DDPMPipeline:
 
 
 def default_sampler(pipeline: DiffusionPipeline) -> str:
-    """``ddpm`` for Gaussian pipelines, ``improved`` for cold ones."""
-    return samplers_for(pipeline)[0]
+    """``dpmsolver`` for Gaussian pipelines (a laptop's sensible default), ``improved`` for cold ones."""
+    return "dpmsolver" if is_gaussian(pipeline) else "improved"
+
+
+def default_steps(pipeline: DiffusionPipeline, sampler: str) -> int:
+    """A sensible number of steps for ``sampler``: few for DDIM and DPM-Solver++, otherwise all ``T``."""
+    num_train_timesteps = pipeline.scheduler.config.num_train_timesteps
+    return min(FAST_SAMPLER_STEPS.get(sampler, num_train_timesteps), num_train_timesteps)
 
 
 def check_sampling_args(pipeline: DiffusionPipeline, sampler: str, num_inference_steps: int | None) -> None:
@@ -87,7 +95,7 @@ def generate(
         pipeline: a ``DDPMPipeline`` or a ``ColdDiffusionPipeline``.
         num_images: how many images to draw (>= 1).
         sampler: one of :func:`samplers_for` the pipeline; defaults to :func:`default_sampler`.
-        num_inference_steps: denoising steps; defaults to the number of training timesteps.
+        num_inference_steps: denoising steps; defaults to :func:`default_steps`.
         seed: seed of the ``torch.Generator`` on the pipeline's device.
         batch_size: images per network call.
         show_progress: show the pipeline's progress bar.
@@ -99,7 +107,7 @@ def generate(
         raise ValueError(f"num_images={num_images} must be at least 1")
     sampler = sampler or default_sampler(pipeline)
     check_sampling_args(pipeline, sampler, num_inference_steps)
-    steps = num_inference_steps or pipeline.scheduler.config.num_train_timesteps
+    steps = num_inference_steps or default_steps(pipeline, sampler)
     generator = torch.Generator(device=pipeline.device).manual_seed(seed)
     if is_gaussian(pipeline):
         pipeline = with_gaussian_sampler(pipeline, sampler)

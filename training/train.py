@@ -142,7 +142,9 @@ def build_parser() -> ArgumentParser:
     logs.add_argument("--save_images_epochs", type=int, default=1)
     logs.add_argument("--num_sample_images", type=int, default=64)
     logs.add_argument("--sample_scheduler", choices=GAUSSIAN_SAMPLERS, default="ddpm", help="Gaussian grids.")
-    logs.add_argument("--sample_inference_steps", type=int, default=None, help="Default: T.")
+    logs.add_argument(
+        "--sample_inference_steps", type=int, default=None, help="Default: the sampler's usual count."
+    )
     logs.add_argument("--eval_epochs", type=int, default=None, help="FID/KID/IS/balance every E epochs.")
     logs.add_argument("--eval_num_images", type=int, default=500, help="Samples per evaluation.")
     logs.add_argument("--checkpointing_steps", type=int, default=500)
