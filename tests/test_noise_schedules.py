@@ -77,3 +77,12 @@ def test_schedule_travels_to_other_samplers_through_from_config():
         torch.testing.assert_close(clone.betas, scheduler.betas)
     with pytest.raises(ValueError, match="prediction_type='noise'"):
         ddpm_scheduler(prediction_type="noise")
+
+
+def test_saved_schedule_gives_few_step_samplers_the_whole_trajectory(tmp_path):
+    ddpm_scheduler("linear", 20).save_pretrained(tmp_path)
+    for other in (DDIMScheduler, DPMSolverMultistepScheduler):
+        for steps in (5, 20):
+            scheduler = other.from_pretrained(tmp_path)
+            scheduler.set_timesteps(steps)
+            assert scheduler.timesteps[0] == 19 and len(set(scheduler.timesteps.tolist())) == steps
