@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from torchvision.utils import save_image
 
 from pipelines import load_pipeline
 from training.cli import run_cli
@@ -35,7 +33,7 @@ from training.metrics import (
     images01_from_array,
     restoration_quality,
 )
-from training.sampling import COLD_SAMPLERS, GAUSSIAN_SAMPLERS, generate, is_gaussian
+from training.sampling import COLD_SAMPLERS, GAUSSIAN_SAMPLERS, generate, is_gaussian, save_grid
 
 NUM_EXTREMES = 16
 P_VALUE_FLOOR = 1e-20
@@ -101,10 +99,6 @@ def per_t_metrics(pipeline, args: argparse.Namespace, test) -> dict:
         args.per_t_images,
         args.seed,
     )
-
-
-def save_grid(images: torch.Tensor, path: Path) -> None:
-    save_image(images, path, nrow=math.ceil(math.sqrt(len(images))), padding=2, pad_value=1.0)
 
 
 def plot_histogram(counts: list[int], entropy: float, path: Path) -> None:

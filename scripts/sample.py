@@ -9,16 +9,14 @@ images. Gaussian pipelines take ``--scheduler ddpm|ddim|dpmsolver``; cold ones `
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
 import numpy as np
-from torchvision.utils import save_image
 
 from pipelines import load_pipeline
 from training.cli import ArgumentParser, run_cli
-from training.sampling import COLD_SAMPLERS, GAUSSIAN_SAMPLERS, generate
+from training.sampling import COLD_SAMPLERS, GAUSSIAN_SAMPLERS, generate, save_grid
 
 OUTPUT_SUFFIXES = (".png", ".npy")
 
@@ -54,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     if output.suffix == ".npy":
         np.save(output, images[:, 0].numpy().astype(np.float32))
     else:
-        save_image(images, output, nrow=math.ceil(math.sqrt(len(images))), padding=2, pad_value=1.0)
+        save_grid(images, output)
     print(f"wrote {len(images)} images to {output}")
 
 

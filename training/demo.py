@@ -7,7 +7,6 @@ pipeline folders (or Hub ids) loaded with :func:`pipelines.load_pipeline`, and d
 
 from __future__ import annotations
 
-import math
 import tempfile
 import threading
 import time
@@ -21,7 +20,6 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
-from torchvision.utils import make_grid
 
 from pipelines import load_pipeline
 from training.data import LOCAL_MNIST, load_split, to_model_range, to_unit_range
@@ -30,6 +28,7 @@ from training.sampling import (
     default_sampler,
     default_steps,
     generate,
+    image_grid,
     is_gaussian,
     samplers_for,
 )
@@ -128,7 +127,7 @@ def record_model_inputs(model: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
 
 def to_pil(images01: torch.Tensor) -> Image.Image:
     """A ``(N, 1, H, W)`` batch in ``[0, 1]`` as one upscaled greyscale grid."""
-    grid = make_grid(images01, nrow=math.ceil(math.sqrt(len(images01))), padding=2, pad_value=1.0)
+    grid = image_grid(images01)
     pixels = (grid[0] * 255).round().byte().numpy()
     image = Image.fromarray(pixels, mode="L")
     return image.resize((image.width * DISPLAY_SCALE, image.height * DISPLAY_SCALE), Image.Resampling.NEAREST)

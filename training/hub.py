@@ -25,11 +25,10 @@ from huggingface_hub import ModelCard, ModelCardData, create_repo, get_token, up
 from huggingface_hub import constants as hub_constants
 from huggingface_hub.utils import validate_repo_id
 from safetensors import safe_open
-from torchvision.utils import save_image
 
 from pipelines import load_pipeline, make_portable
 from training.data import FASHION_MNIST, MNIST
-from training.sampling import default_sampler, generate
+from training.sampling import generate, save_grid
 
 CARD_FILE = "README.md"
 SAMPLE_GRID_FILE = "samples.png"
@@ -552,6 +551,4 @@ def _write_sample_grid(folder: Path, path: Path) -> None:
         return
     pipeline = load_pipeline(str(folder))
     steps = min(CARD_SAMPLE_STEPS, pipeline.scheduler.config.num_train_timesteps)
-    sampler = "ddim" if default_sampler(pipeline) == "ddpm" else None
-    images = generate(pipeline, NUM_CARD_SAMPLES, sampler, steps, seed=0)
-    save_image(images, path, nrow=int(math.isqrt(NUM_CARD_SAMPLES)), padding=2, pad_value=1.0)
+    save_grid(generate(pipeline, NUM_CARD_SAMPLES, num_inference_steps=steps, seed=0), path)

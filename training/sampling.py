@@ -7,6 +7,10 @@ their sampling algorithm as an argument.
 
 from __future__ import annotations
 
+import math
+import os
+from pathlib import Path
+
 import torch
 from diffusers import (
     DDIMScheduler,
@@ -15,6 +19,7 @@ from diffusers import (
     DiffusionPipeline,
     DPMSolverMultistepScheduler,
 )
+from torchvision.utils import make_grid, save_image
 
 GAUSSIAN_SAMPLERS = ("ddpm", "ddim", "dpmsolver")
 COLD_SAMPLERS = ("improved", "naive", "direct")
@@ -123,3 +128,14 @@ def generate(
         )
         batches.append(torch.from_numpy(output.images).permute(0, 3, 1, 2))
     return torch.cat(batches).float()
+
+
+def image_grid(images01: torch.Tensor) -> torch.Tensor:
+    """A near-square grid of a ``(N, 1, H, W)`` batch in ``[0, 1]``, with 2-pixel white gutters."""
+    return make_grid(images01, nrow=math.ceil(math.sqrt(len(images01))), padding=2, pad_value=1.0)
+
+
+def save_grid(images01: torch.Tensor, path: str | os.PathLike) -> None:
+    """Save :func:`image_grid` of ``images01`` as a PNG, creating the folder if needed."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_image(image_grid(images01), path)
