@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from pipelines import load_pipeline
-from training.data import to_model_range, to_unit_range
+from training.data import uint8_to_unit_range
 from training.metrics import sample_quality
 from training.sampling import generate
 from training.train import (
@@ -352,8 +352,8 @@ class Reference:
 
     def __init__(self, test_images: torch.Tensor, train_images: torch.Tensor):
         # The same objects for every call: sample_quality caches their features by identity.
-        self.reference01 = to_unit_range(to_model_range(test_images))
-        self.floor01 = to_unit_range(to_model_range(train_images))
+        self.reference01 = uint8_to_unit_range(test_images)
+        self.floor01 = uint8_to_unit_range(train_images)
 
     def score(self, images01: torch.Tensor) -> dict[str, float]:
         """FID (and its floor at the same N), KID, IS and class balance of ``images01``."""

@@ -54,6 +54,11 @@ def to_unit_range(samples: torch.Tensor) -> torch.Tensor:
     return VaeImageProcessor.denormalize(samples)
 
 
+def uint8_to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """Map ``uint8`` images ``(N, H, W)`` to float ``(N, 1, H, W)`` in ``[0, 1]``, the evaluators' range."""
+    return to_unit_range(to_model_range(images))
+
+
 def load_split(dataset_name: str, split: str, limit: int | None = None) -> ImageSplit:
     """Load one split of an image-classification dataset into memory.
 

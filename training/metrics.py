@@ -22,7 +22,7 @@ from torchmetrics.image.inception import InceptionScore
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from models.mnist_classifier import MNISTClassifier, MNISTClassifierOutput, load_mnist_classifier
-from training.data import ImageSplit, to_model_range, to_unit_range
+from training.data import ImageSplit, to_model_range, to_unit_range, uint8_to_unit_range
 
 FEATURE_NETWORKS = ("mnist", "inception")
 
@@ -69,7 +69,7 @@ def images01_from_array(array: np.ndarray) -> torch.Tensor:
     if array.ndim != 4 or array.shape[1] != 1:
         raise ValueError(f"images must have shape (N, H, W) or (N, 1, H, W), got {array.shape}")
     if array.dtype == np.uint8:
-        return to_unit_range(to_model_range(torch.from_numpy(array)))
+        return uint8_to_unit_range(torch.from_numpy(array))
     if not np.issubdtype(array.dtype, np.floating):
         raise ValueError(f"images must be uint8 in [0, 255] or float in [0, 1], got dtype {array.dtype}")
     return check_images01(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)))
@@ -77,7 +77,7 @@ def images01_from_array(array: np.ndarray) -> torch.Tensor:
 
 def split_to_unit_range(split: ImageSplit) -> torch.Tensor:
     """The ``uint8`` images of a split as float ``(N, 1, 28, 28)`` in ``[0, 1]``."""
-    return to_unit_range(to_model_range(split.images))
+    return uint8_to_unit_range(split.images)
 
 
 @torch.no_grad()

@@ -37,7 +37,6 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from huggingface_hub import get_token
 from torch.utils.data import DataLoader, TensorDataset
-from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
 # Running as `accelerate launch training/train.py` puts training/ first on sys.path, not the project root.
@@ -47,8 +46,8 @@ import schedulers  # noqa: E402
 from models import UNET_PRESETS, CourseworkCNN, unet_preset  # noqa: E402
 from schedulers import NOISE_SCHEDULES, ddpm_scheduler  # noqa: E402
 from training.cli import ArgumentParser, run_cli  # noqa: E402
-from training.data import MNIST, load_split, to_model_range, to_unit_range  # noqa: E402
-from training.sampling import GAUSSIAN_SAMPLERS, generate  # noqa: E402
+from training.data import MNIST, load_split, to_model_range, uint8_to_unit_range  # noqa: E402
+from training.sampling import GAUSSIAN_SAMPLERS, generate, save_grid  # noqa: E402
 
 logger = get_logger(__name__)
 
@@ -623,8 +622,8 @@ class Trainer:
 
         if not hasattr(self, "reference01"):
             # The same objects for the whole run: sample_quality caches their features by identity.
-            self.reference01 = to_unit_range(to_model_range(self.validation_images))
-            self.floor01 = to_unit_range(to_model_range(self.train_images[:10_000]))
+            self.reference01 = uint8_to_unit_range(self.validation_images)
+            self.floor01 = uint8_to_unit_range(self.train_images[:10_000])
         samples = generate(
             pipeline,
             self.args.eval_num_images,
@@ -668,8 +667,7 @@ def save_sample_grid(pipeline, args, path: Path) -> None:
         args.sample_inference_steps,
         seed=args.seed,
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images, path, nrow=int(math.ceil(math.sqrt(len(images)))), padding=2, pad_value=1.0)
+    save_grid(images, path)
 
 
 def train(args: argparse.Namespace) -> torch.nn.Module:
