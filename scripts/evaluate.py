@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 
 from pipelines import load_pipeline
 from training.cli import run_cli
-from training.data import default_mnist, load_split
+from training.data import default_mnist, load_split, uint8_to_unit_range
 from training.metrics import (
     FEATURE_NETWORKS,
     SampleQuality,
@@ -46,6 +46,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source.add_argument("--samples", help=".npy images (N, 28, 28): uint8 or float in [0, 1]")
     parser.add_argument("--num_images", type=int, default=1000, help="samples to draw (with --model)")
     parser.add_argument("--scheduler", choices=GAUSSIAN_SAMPLERS + COLD_SAMPLERS, default=None)
+    parser.add_argument(
+        "--start",
+        choices=("prior", "test"),
+        default="prior",
+        help="cold models: sample the prior (unconditional) or restore degraded test images (conditional)",
+    )
     parser.add_argument("--num_inference_steps", type=int, default=None, help="default: T")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch_size", type=int, default=256)
@@ -146,12 +152,16 @@ def main(argv: list[str] | None = None) -> None:
         "samples": args.samples,
         "feature_network": args.features,
     }
+    test, train = load_split(args.dataset_name, "test"), load_split(args.dataset_name, "train")
     pipeline = None
     if args.samples:
         images = load_samples(args.samples)
     else:
         pipeline = load_pipeline(args.model).to(args.device)
-        start = time.perf_counter()
+        if args.start == "test" and args.num_images > len(test.images):
+            raise ValueError(f"--num_images {args.num_images} exceeds the {len(test.images)} test images")
+        start_images = uint8_to_unit_range(test.images[: args.num_images]) if args.start == "test" else None
+        began = time.perf_counter()
         images = generate(
             pipeline,
             args.num_images,
@@ -160,17 +170,18 @@ def main(argv: list[str] | None = None) -> None:
             args.seed,
             args.batch_size,
             True,
+            start_images,
         )
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - began
         metrics |= {
             "scheduler": args.scheduler,
             "num_inference_steps": args.num_inference_steps,
+            "start": args.start,
             "seed": args.seed,
             "sampling_seconds": seconds,
             "images_per_second": len(images) / seconds,
         }
 
-    test, train = load_split(args.dataset_name, "test"), load_split(args.dataset_name, "train")
     quality = SampleQuality(test, train, features=args.features, seed=args.seed, device=args.device)
     evaluation = quality.evaluate(images)
     metrics |= evaluation.to_dict()
@@ -190,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         metrics["per_t"] = per_t_metrics(pipeline, args, test)
         figures["per_t"] = output.with_name(f"{output.stem}_per_t.png")
         plot_per_t(metrics["per_t"], figures["per_t"])
-    metrics["figures"] = {name: str(path) for name, path in figures.items()}
+    metrics["figures"] = {name: path.name for name, path in figures.items()}  # beside the JSON
     output.write_text(json.dumps(metrics, indent=2) + "\n")
 
     print(

@@ -17,13 +17,20 @@ from diffusers.image_processor import VaeImageProcessor
 
 MNIST = "ylecun/mnist"
 FASHION_MNIST = "zalando-datasets/fashion_mnist"
-# The offline copy beside the project folder (as on this project's CI machines), when there is one.
-LOCAL_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+# The offline copies beside the project folder (as on this project's CI machines), when there are some.
+LOCAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+LOCAL_MNIST = LOCAL_DATA / "mnist"
+LOCAL_FASHION_MNIST = LOCAL_DATA / "fashion_mnist"
 
 
 def default_mnist() -> str:
     """The offline MNIST copy beside the project when present, else the Hub id ``ylecun/mnist``."""
     return str(LOCAL_MNIST) if LOCAL_MNIST.is_dir() else MNIST
+
+
+def default_fashion_mnist() -> str:
+    """The offline Fashion-MNIST copy beside the project when present, else its Hub id."""
+    return str(LOCAL_FASHION_MNIST) if LOCAL_FASHION_MNIST.is_dir() else FASHION_MNIST
 
 
 @dataclass

@@ -91,6 +91,7 @@ def generate(
     seed: int = 0,
     batch_size: int = 256,
     show_progress: bool = False,
+    start_images: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Draw ``num_images`` samples as a float tensor ``(N, 1, H, W)`` in ``[0, 1]``.
 
@@ -104,12 +105,19 @@ def generate(
         seed: seed of the ``torch.Generator`` on the pipeline's device.
         batch_size: images per network call.
         show_progress: show the pipeline's progress bar.
+        start_images: cold pipelines only: restore these ``(N, 1, H, W)`` images in ``[0, 1]``, degraded to
+            ``t = T``, instead of prior samples (a conditional start); ``num_images`` must be ``N``.
 
     Raises:
-        ValueError: if ``num_images`` < 1, or the sampler or step count is not allowed.
+        ValueError: if ``num_images`` < 1, or the sampler, step count or start images are not allowed.
     """
     if num_images < 1:
         raise ValueError(f"num_images={num_images} must be at least 1")
+    if start_images is not None:
+        if is_gaussian(pipeline):
+            raise ValueError("start_images are for cold-diffusion pipelines; Gaussian ones start from noise")
+        if len(start_images) != num_images:
+            raise ValueError(f"{len(start_images)} start_images given for num_images={num_images}")
     sampler = sampler or default_sampler(pipeline)
     check_sampling_args(pipeline, sampler, num_inference_steps)
     steps = num_inference_steps or default_steps(pipeline, sampler)
@@ -123,6 +131,8 @@ def generate(
     batches = []
     for start in range(0, num_images, batch_size):
         count = min(batch_size, num_images - start)
+        if start_images is not None:
+            extra["start_images"] = start_images[start : start + count]
         output = pipeline(
             batch_size=count, generator=generator, num_inference_steps=steps, output_type="np", **extra
         )
