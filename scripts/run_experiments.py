@@ -5,7 +5,8 @@
 
 Each run trains with ``training/train.py --resume_from_checkpoint latest`` into ``outputs/experiments/NAME``
 (skipped once its pipeline is saved), copies the small files (metrics.jsonl, per-epoch sample grids, the
-training config) to ``report/runs/NAME`` and evaluates the final model with ``scripts/evaluate.py`` once per
+training config), a picture of the forward process (scripts/plot_degradation.py) to ``report/runs/NAME``
+and evaluates the final model with ``scripts/evaluate.py`` once per
 entry of its ``evaluations`` that has no JSON there yet. A stopped call loses at most the steps since the
 last checkpoint: call it again. Each command's output goes to ``outputs/experiments/NAME/experiments.log``.
 """
@@ -136,6 +137,11 @@ class Runner:
             run_record = {"train_seconds_last_call": time.perf_counter() - began, **describe_hardware()}
             (report / "run.json").write_text(json.dumps(run_record, indent=2) + "\n")
         self.collect(work, report)
+        if not (report / "degradation.png").is_file():
+            self.call(experiment, [
+                "scripts/plot_degradation.py", "--model", str(work), "--dataset_name", self.datasets["mnist"],
+                "--output", str(report / "degradation.png"),
+            ])  # fmt: skip
         for stem, flags in experiment.evaluations.items():
             output = report / f"{stem}.json"
             if output.is_file():

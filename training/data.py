@@ -104,7 +104,7 @@ def load_split(dataset_name: str, split: str, limit: int | None = None) -> Image
     images = dataset.with_format("numpy")[:][image_column]
     labels = np.asarray(dataset.data.column("label"))
     return ImageSplit(
-        torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)), torch.from_numpy(labels)
+        torch.from_numpy(np.array(images, dtype=np.uint8)), torch.from_numpy(np.array(labels))
     )
 
 
