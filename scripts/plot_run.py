@@ -27,8 +27,12 @@ def read_log(run_dir: Path) -> list[dict]:
     Raises:
         ValueError: if the log is missing, unreadable or has no records.
     """
-    path = run_dir / "logs" / "metrics.jsonl"
-    if not path.is_file():
+    # A training output folder keeps it under logs/; a run collected into report/runs beside the results.
+    path = next(
+        (p for p in (run_dir / "logs" / "metrics.jsonl", run_dir / "metrics.jsonl") if p.is_file()), None
+    )
+    if path is None:
+        path = run_dir / "logs" / "metrics.jsonl"
         raise ValueError(f"{run_dir} has no training log (expected {path})")
     try:
         records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
