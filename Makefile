@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 MNIST ?= $(if $(wildcard ../shared/data/mnist),../shared/data/mnist,ylecun/mnist)
 QUICKSTART_DIR ?= outputs/quickstart
 
-.PHONY: install quickstart test lint sample demo docs
+.PHONY: install quickstart test lint sample demo docs experiments report
 
 $(BIN)/activate: setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
@@ -27,6 +27,13 @@ lint: install
 
 test: lint
 	$(BIN)/pytest
+
+# The report's runs (about 75 minutes on 2 cores; a stopped call resumes), then its PDF (needs pdflatex).
+experiments: install
+	$(BIN)/python scripts/run_experiments.py --jobs 2 --dataset_name $(MNIST)
+
+report: install
+	$(BIN)/python scripts/report_assets.py --report_dir report --pdf report/report.pdf
 
 demo: install
 	$(BIN)/python scripts/demo.py --model $(QUICKSTART_DIR)
