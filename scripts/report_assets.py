@@ -239,7 +239,21 @@ def numbers(runs_dir: Path) -> dict[str, str]:
         values[f"steps{macro}"] = str(last_value(records, "step"))
         values[f"fidDdim{macro}"] = fmt(read_json(runs_dir / name / "ddim50.json")["fid"], 2)
     values["stepsSchedule"] = str(last_value(read_log(runs_dir / "schedule_linear"), "step"))
+    for run in runs_with_prefix(runs_dir, "schedule_"):
+        metrics = read_json(run / "metrics.json")
+        values[f"fid{camel(run.name)}"] = fmt(metrics["fid"], 2)
+        values[f"ks{camel(run.name)}"] = str(metrics["per_t"]["first_t_p_above_0.05"] or "never")
+    for run in runs_with_prefix(runs_dir, "cold_"):
+        for stem, _, _ in COLD_EVALUATIONS:
+            metrics = read_json(run / f"{stem}.json")
+            values[f"fid{camel(run.name)}{camel(stem)}"] = fmt(metrics["fid"], 2)
+            values[f"entropy{camel(run.name)}{camel(stem)}"] = fmt(metrics["class_entropy"], 3)
     return values
+
+
+def camel(name: str) -> str:
+    """``cold_rows`` -> ``ColdRows``: a LaTeX macro name part."""
+    return "".join(part.capitalize() for part in name.split("_"))
 
 
 def write_assets(runs_dir: Path, output: Path) -> None:
