@@ -103,9 +103,7 @@ def load_split(dataset_name: str, split: str, limit: int | None = None) -> Image
     image_column = "image" if "image" in dataset.column_names else "img"
     images = dataset.with_format("numpy")[:][image_column]
     labels = np.asarray(dataset.data.column("label"))
-    return ImageSplit(
-        torch.from_numpy(np.array(images, dtype=np.uint8)), torch.from_numpy(np.array(labels))
-    )
+    return ImageSplit(torch.from_numpy(np.array(images, dtype=np.uint8)), torch.from_numpy(np.array(labels)))
 
 
 def _unreachable(dataset_name: str, is_local: bool, error: Exception) -> ValueError:
