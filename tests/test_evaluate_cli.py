@@ -35,7 +35,7 @@ def load_script(name: str):
     return module
 
 
-def check_schema(metrics: dict, num_images: int) -> None:
+def check_schema(metrics: dict, num_images: int, folder: Path) -> None:
     for key in SCALARS:
         assert isinstance(metrics[key], float), key
     assert metrics["num_images"] == num_images
@@ -44,7 +44,7 @@ def check_schema(metrics: dict, num_images: int) -> None:
     assert 0.0 <= metrics["class_entropy"] <= 1.0 and 0.0 < metrics["mean_confidence"] <= 1.0
     assert metrics["feature_network"] == "mnist"
     for name in FIGURES:
-        assert Path(metrics["figures"][name]).stat().st_size > 0, name
+        assert (folder / metrics["figures"][name]).stat().st_size > 0, name  # named beside the JSON
 
 
 def test_scores_a_npy_of_samples(synthetic_mnist, tmp_path):
@@ -58,7 +58,7 @@ def test_scores_a_npy_of_samples(synthetic_mnist, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "FID" in result.stdout and "floor" in result.stdout
     metrics = json.loads(output.read_text())
-    check_schema(metrics, 40)
+    check_schema(metrics, 40, output.parent)
     assert metrics["samples"].endswith("samples.npy") and metrics["model"] is None
     assert "per_t" not in metrics and "images_per_second" not in metrics
 
@@ -77,14 +77,14 @@ def test_samples_a_gaussian_pipeline_and_reports_speed_and_normality(
     )  # fmt: skip
     assert code == 0
     metrics = json.loads(output.read_text())
-    check_schema(metrics, 12)
+    check_schema(metrics, 12, output.parent)
     assert metrics["scheduler"] == "ddim" and metrics["num_inference_steps"] == 2
     assert metrics["images_per_second"] > 0 and metrics["sampling_seconds"] > 0
     per_t = metrics["per_t"]
     assert per_t["kind"] == "forward_process_normality"
     assert per_t["timesteps"] == list(range(20)) and len(per_t["ks_pvalue"]) == 20
     assert all(0.0 <= p <= 1.0 for p in per_t["ks_pvalue"])
-    assert Path(metrics["figures"]["per_t"]).is_file()
+    assert (output.parent / metrics["figures"]["per_t"]).is_file()
 
 
 def test_samples_a_cold_pipeline_and_reports_restoration_per_t(synthetic_mnist, tmp_path):
@@ -104,14 +104,14 @@ def test_samples_a_cold_pipeline_and_reports_restoration_per_t(synthetic_mnist, 
     )  # fmt: skip
     assert code == 0
     metrics = json.loads(output.read_text())
-    check_schema(metrics, 12)
+    check_schema(metrics, 12, output.parent)
     per_t = metrics["per_t"]
     assert per_t["kind"] == "restoration" and per_t["sampling"] == "naive"
     assert per_t["timesteps"][0] == 1 and per_t["timesteps"][-1] == steps and len(per_t["timesteps"]) == 3
     assert per_t["severity"][-1] == 1.0
     for key in ("psnr_direct", "ssim_direct", "psnr_iterative", "ssim_iterative"):
         assert len(per_t[key]) == 3 and all(np.isfinite(per_t[key])), key
-    assert Path(metrics["figures"]["per_t"]).is_file()
+    assert (output.parent / metrics["figures"]["per_t"]).is_file()
 
 
 @pytest.mark.parametrize(
