@@ -67,7 +67,7 @@ def test_runner_trains_collects_evaluates_and_resumes(tmp_path, synthetic_mnist)
         {
             "gauss": {
                 "config": GAUSSIAN_CONFIG,
-                "args": {**tiny, "num_train_timesteps": 20},
+                "args": {**tiny, "num_train_timesteps": 20, "sample_inference_steps": 4},
                 "evaluations": {"metrics": {"scheduler": "ddim", "num_inference_steps": 4}},
             },
             "rows": {
