@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from training.benchmark import machine_info  # noqa: E402
 from training.cli import ArgumentParser, run_cli  # noqa: E402
 from training.data import default_fashion_mnist, default_mnist  # noqa: E402
 
@@ -104,12 +104,11 @@ def as_flags(values: dict[str, object], datasets: dict[str, str]) -> list[str]:
 
 
 def describe_hardware() -> dict[str, object]:
-    """The accelerator (or CPU) and library versions, written beside each run's results."""
+    """The machine the run trained on (the benchmark's description), plus the GPU when there is one."""
+    info = machine_info()
     if torch.cuda.is_available():
-        device = torch.cuda.get_device_name()
-    else:
-        device = f"CPU ({platform.processor() or platform.machine()}), {len(os.sched_getaffinity(0))} cores"
-    return {"device": device, "torch": torch.__version__, "python": platform.python_version()}
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
 
 
 class Runner:
