@@ -13,7 +13,7 @@ sys.path.insert(0, str(PROJECT_ROOT / "scripts"))
 from report_assets import COLD_EVALUATIONS, GAUSSIAN_RUNS  # noqa: E402
 from run_experiments import as_flags, load_experiments  # noqa: E402
 
-GAUSSIAN_CONFIG = "training/configs/schedule_comparison.yaml"
+GAUSSIAN_CONFIG = "training/configs/ddpm_coursework.yaml"
 
 
 def write_experiments(path, runs: dict) -> str:
@@ -67,7 +67,12 @@ def test_runner_trains_collects_evaluates_and_resumes(tmp_path, synthetic_mnist)
         {
             "gauss": {
                 "config": GAUSSIAN_CONFIG,
-                "args": {**tiny, "num_train_timesteps": 20, "sample_inference_steps": 4},
+                "args": {
+                    **tiny,
+                    "eval_num_images": 8,
+                    "num_train_timesteps": 20,
+                    "sample_inference_steps": 4,
+                },
                 "evaluations": {"metrics": {"scheduler": "ddim", "num_inference_steps": 4}},
             },
             "rows": {
