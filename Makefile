@@ -28,7 +28,7 @@ lint: install
 test: lint
 	$(BIN)/pytest
 
-# The report's runs (about 75 minutes on 2 cores; a stopped call resumes), then its PDF (needs pdflatex).
+# The report's runs (about 2 hours on 2 cores; a stopped call resumes), then its PDF (needs pdflatex).
 experiments: install
 	$(BIN)/python scripts/run_experiments.py --jobs 2 --dataset_name $(MNIST)
 
