@@ -8,7 +8,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+from diffusers import DDPMScheduler
+
+from models import CourseworkCNN
 from tests.conftest import PROJECT_ROOT, run_python
+from training.benchmark import training_flops_per_image
 
 SCRIPT = str(PROJECT_ROOT / "scripts" / "benchmark.py")
 
@@ -33,6 +38,9 @@ def test_quick_benchmark_writes_results_and_table(synthetic_mnist: Path, tmp_pat
     assert [section["model"] for section in results["training"]] == ["cnn", "unet-tiny"]
     for section in results["training"]:
         assert section["same_initial_weights"] is True
+        assert section["training_flops_per_image"] > 0 and section["matmul_gflops"] > 0
+        reference_gflops = section["loops"]["reference"]["gflops"]
+        assert section["max_ratio_at_matmul_peak"] == section["matmul_gflops"] / reference_gflops
         assert set(section["loops"]) == {"reference", "default", "channels_last"}
         for loop in section["loops"].values():
             assert len(loop["window_images_per_second"]) == section["plan"]["windows"]
@@ -58,7 +66,13 @@ def test_quick_benchmark_writes_results_and_table(synthetic_mnist: Path, tmp_pat
 
     table = (tmp_path / "out" / "README.md").read_text()
     assert table.strip() in result.stdout
-    for heading in ("## Training throughput", "## Sampling", "## Quality per CPU-minute", "Smoke run"):
+    for heading in (
+        "## Training throughput",
+        "Ceiling:",
+        "## Sampling",
+        "## Quality per CPU-minute",
+        "Smoke run",
+    ):
         assert heading in table
 
 
@@ -67,3 +81,17 @@ def test_bad_flag_is_one_error_line(tmp_path: Path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["error: --windows must be at least 1, got 0"]
     assert not (tmp_path / "results.json").exists()
+
+
+def test_training_flops_are_forward_and_backward_per_image():
+    # 8x8 images, one 3x3 conv 1 -> 4 and the 3x3 conv_out 4 -> 1: 2 * 64 * 36 = 4608 FLOPs forward each.
+    # Backward: both weight gradients, and the input gradient of conv_out only (the images need none).
+    # The time MLP: four 4x4 linear layers, 2 * 16 = 32 FLOPs each forward, the first without input grad.
+    network = CourseworkCNN(
+        sample_size=8, n_hidden=(4,), kernel_size=3, time_embedding_frequencies=2, time_embedding_dim=4
+    )
+    expected = 2 * 4608 + 3 * 4608 + 3 * 4 * 32 - 32
+    for batch_size in (2, 5):
+        images = torch.rand(batch_size, 1, 8, 8) * 2 - 1
+        assert training_flops_per_image(network, DDPMScheduler(), images) == expected
+    assert all(parameter.grad is None for parameter in network.parameters())

@@ -6,7 +6,8 @@ matters; the absolute rates depend on the CPU and on what else it is running.
 - Training: the project's real step (:class:`training.train.Trainer`, with its speed options) against a
   deliberately plain copy of the classic notebook loop (PIL images decoded per item by a ``DataLoader``,
   fp32, eager, NCHW, ``loss.item()`` every step) over the same network and the same DDPM objective,
-  alternating timed windows after a warm-up.
+  alternating timed windows after a warm-up. Each loop's arithmetic rate is set against this CPU's
+  measured fp32 matrix-product rate, the ceiling of any loop that computes the same convolutions directly.
 - Sampling: images/s and FID of one trained Gaussian pipeline under DDPM, DDIM and DPM-Solver++.
 - Quality per CPU-minute: FID after training each network for a fixed wall-clock budget.
 """
@@ -28,10 +29,11 @@ import diffusers
 import torch
 from accelerate.state import AcceleratorState
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
 from pipelines import load_pipeline
-from training.data import uint8_to_unit_range
+from training.data import to_model_range, uint8_to_unit_range
 from training.metrics import sample_quality
 from training.sampling import generate
 from training.train import (
@@ -86,6 +88,27 @@ def machine_info() -> dict[str, Any]:
 def cpu_supports_bf16() -> bool:
     """Whether oneDNN has native bf16 kernels here (AVX-512 BF16 or AMX); elsewhere bf16 is emulated."""
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def matmul_gflops(size: int = 1024, repeats: int = 10) -> float:
+    """This CPU's practical fp32 peak: GFLOP/s of a square matrix product on torch's threads (median)."""
+    left, right = torch.randn(size, size), torch.randn(size, size)
+    left @ right  # warm-up: thread pool and caches
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        left @ right
+        timings.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(timings) / 1e9
+
+
+def training_flops_per_image(network: torch.nn.Module, scheduler, images: torch.Tensor) -> float:
+    """Floating-point operations of one training step (forward and backward) per image of ``images``."""
+    model_input, timesteps, target = training_pair(scheduler, images)
+    with FlopCounterMode(display=False) as counter:
+        compute_loss(network(model_input, timesteps).sample, target, "l2").backward()
+    network.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / len(images)
 
 
 def peak_rss_mib() -> dict[str, float]:
@@ -274,8 +297,10 @@ def compare_training(
         output_dir: scratch folder for the Trainers' logs.
 
     Returns:
-        Per loop: median images/s, the window rates, ratio to the reference, set-up and warm-up time,
-        process peak RSS after its warm-up, and the held-out loss after the same number of steps.
+        Per loop: median images/s, the window rates, ratio to the reference, GFLOP/s, set-up and warm-up
+        time, process peak RSS after its warm-up, and the held-out loss after the same number of steps.
+        For the section: the network's training FLOPs per image and the CPU's fp32 matrix-product GFLOP/s,
+        whose ratio to the reference's GFLOP/s bounds the speed-up of any loop computing the same.
     """
     # The notebook's update (Adam, no clipping; AdamW without weight decay is the same); read the loss
     # only when the benchmark ends a window, and never write checkpoints.
@@ -309,6 +334,11 @@ def compare_training(
 
     project = next(loop for loop in loops.values() if isinstance(loop, ProjectLoop))
     held_out = project.trainer.validation_images
+    reference_loop = loops["reference"]
+    flops_per_image = training_flops_per_image(
+        reference_loop.network, reference_loop.scheduler, to_model_range(held_out[: args.train_batch_size])
+    )
+    peak_gflops = matmul_gflops()
     report: dict[str, Any] = {
         "model": args.model if args.model == "cnn" else f"unet-{args.unet_preset}",
         "batch_size": args.train_batch_size,
@@ -316,6 +346,8 @@ def compare_training(
         "plan": vars(plan),
         "same_initial_weights": same_start,
         "held_out_images": len(held_out),
+        "training_flops_per_image": flops_per_image,
+        "matmul_gflops": peak_gflops,
         "loops": {},
     }
     for name, loop in loops.items():
@@ -326,6 +358,7 @@ def compare_training(
             "images_per_second": result.images_per_second,
             "window_images_per_second": result.window_images_per_second,
             "ratio_to_reference": result.images_per_second / results["reference"].images_per_second,
+            "gflops": result.images_per_second * flops_per_image / 1e9,
             "setup_seconds": result.setup_seconds,
             "warmup_seconds": result.warmup_seconds,
             "peak_rss_after_warmup_mib": result.peak_rss_after_warmup_mib,
@@ -337,6 +370,9 @@ def compare_training(
         difference = entry["held_out_loss"] - reference["held_out_loss"]
         noise = (entry["held_out_loss_stderr"] ** 2 + reference["held_out_loss_stderr"] ** 2) ** 0.5
         entry["loss_within_noise"] = abs(difference) <= 2 * noise
+    # Computing the same convolutions directly (as oneDNN does for these shapes), no loop can run its
+    # arithmetic faster than the CPU multiplies matrices.
+    report["max_ratio_at_matmul_peak"] = peak_gflops / reference["gflops"]
     report["peak_rss_mib"] = peak_rss_mib()
     return report
 
@@ -445,18 +481,34 @@ def markdown_report(results: dict[str, Any]) -> str:
         "between the loops after a warm-up; held-out loss (fixed noise) after the same number of steps from",
         "the same initial weights, both with the notebook's update (Adam, no gradient clipping). Peak RSS is",
         "the whole process after that loop's warm-up (a high-water mark: it only grows down the table).",
+        "GFLOP/s: images/s times the network's training FLOPs per image (torch's FLOP counter).",
         "",
-        "| model | loop | flags | images/s | × reference | held-out loss | peak RSS (MiB) |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
+        "| model | loop | flags | images/s | × reference | GFLOP/s | held-out loss | peak RSS (MiB) |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for section in results["training"]:
         for name, loop in section["loops"].items():
             lines.append(
                 f"| {section['model']} | {name} | {' '.join(loop['flags']) or '-'} | "
                 f"{loop['images_per_second']:.0f} | {loop['ratio_to_reference']:.2f} | "
+                f"{loop['gflops']:.0f} | "
                 f"{loop['held_out_loss']:.4f} ± {loop['held_out_loss_stderr']:.4f} | "
                 f"{loop['peak_rss_after_warmup_mib']:.0f} |"
             )
+    lines += [
+        "",
+        "Ceiling: a loop that computes the same cannot run its network faster than this CPU multiplies",
+    ]
+    lines.append("fp32 matrices (a 1024² product on the same threads, measured in the same run):")
+    lines.append("")
+    for section in results["training"]:
+        reference_gflops, peak_gflops = section["loops"]["reference"]["gflops"], section["matmul_gflops"]
+        lines.append(
+            f"- {section['model']}: {section['training_flops_per_image'] / 1e6:.0f} MFLOP per training "
+            f"image; the reference runs at {reference_gflops:.0f} GFLOP/s, "
+            f"{reference_gflops / peak_gflops:.0%} of the {peak_gflops:.0f} GFLOP/s peak, so at most "
+            f"{section['max_ratio_at_matmul_peak']:.2f}× the reference is possible here."
+        )
     sampling = results["sampling"]
     lines += [
         "",
