@@ -65,7 +65,7 @@ class ColdDiffusionPipeline(DiffusionPipeline):
         num_inference_steps: int | None = None,
         generator: torch.Generator | None = None,
         start_images: torch.Tensor | list[PIL.Image.Image] | None = None,
-        sampling: str = "improved",
+        sampler: str | None = None,
         output_type: str = "pil",
         return_intermediates: bool = False,
         start_noise: float | None = None,
@@ -78,7 +78,8 @@ class ColdDiffusionPipeline(DiffusionPipeline):
             num_inference_steps: model calls (``None``: ``T``); ``direct`` always makes one.
             generator: makes the run deterministic (prior sample, random draws, posterior noise).
             start_images: images to restore: PIL images or a ``(batch, 1, H, W)`` tensor in [0, 1].
-            sampling: ``improved`` (Bansal's Algorithm 2), ``naive`` (Algorithm 1) or ``direct``.
+            sampler: ``improved`` (Bansal's Algorithm 2), ``naive`` (Algorithm 1) or ``direct``; ``None``
+                uses the scheduler's ``sampling`` config (what the pipeline was saved with).
             output_type: ``pil``, ``np`` or ``pt``.
             return_intermediates: also return ``x_T`` and every intermediate sample.
             start_noise: std of noise added to prior samples (``None``: the scheduler's config).
@@ -88,18 +89,19 @@ class ColdDiffusionPipeline(DiffusionPipeline):
             The images (and intermediates); as a tuple ``(images, intermediates)`` if not ``return_dict``.
 
         Raises:
-            ValueError: on an unknown ``sampling`` or ``output_type``.
+            ValueError: on an unknown ``sampler`` or ``output_type``.
         """
-        if sampling not in SAMPLING_METHODS:
+        sampler = sampler or self.scheduler.config.sampling
+        if sampler not in SAMPLING_METHODS:
             raise ValueError(
-                f"sampling={sampling!r} is not supported; choose one of {', '.join(SAMPLING_METHODS)}"
+                f"sampler={sampler!r} is not supported; choose one of {', '.join(SAMPLING_METHODS)}"
             )
         if output_type not in OUTPUT_TYPES:
             raise ValueError(
                 f"output_type={output_type!r} is not supported; choose one of {', '.join(OUTPUT_TYPES)}"
             )
         device = self._execution_device
-        self.scheduler.set_timesteps(1 if sampling == "direct" else num_inference_steps, device=device)
+        self.scheduler.set_timesteps(1 if sampler == "direct" else num_inference_steps, device=device)
         if start_images is None:
             sample = self.scheduler.prior_sample(batch_size, generator, device, start_noise=start_noise)
         else:
@@ -112,7 +114,7 @@ class ColdDiffusionPipeline(DiffusionPipeline):
         for t in self.progress_bar(self.scheduler.timesteps):
             model_output = self.unet(sample, t).sample
             sample = self.scheduler.step(
-                model_output, t, sample, generator=generator, sampling=sampling
+                model_output, t, sample, generator=generator, sampling=sampler
             ).prev_sample
             intermediates.append(sample)
 

@@ -1,19 +1,35 @@
-"""Gaussian noise schedules for ``DDPMScheduler`` and one cold-diffusion scheduler per degradation."""
+"""Forward processes: Gaussian DDPM and one cold-diffusion scheduler per degradation, behind one protocol.
+
+:data:`FORWARD_PROCESSES` is the registry the trainer builds its ``--degradation`` choices and options from;
+:func:`forward_process` answers the protocol's questions for any trained scheduler or pipeline.
+"""
 
 from functools import partial
 
 from .averaging import AveragingScheduler
 from .blur import GaussianBlurScheduler
 from .cold import SAMPLING_METHODS, ColdDiffusionScheduler, ColdSchedulerOutput
+from .cold_process import ColdProcess
 from .des import EntropyScaledNoiseScheduler
+from .forward_process import (
+    PROCESS_TYPES,
+    ForwardProcess,
+    Option,
+    Sampler,
+    factory_options,
+    forward_process,
+    register_process_type,
+)
+from .gaussian import GaussianProcess
 from .impulse import ImpulseNoiseScheduler
 from .mask import MaskScheduler
 from .morph import MorphScheduler
 from .noise_schedules import NOISE_SCHEDULES, ddpm_scheduler, make_betas
 from .pixelate import PixelateScheduler
 
-# Command-line name -> scheduler factory; train.py builds its flags from each factory's signature.
-DEGRADATIONS = {
+# Command-line name -> the factory of its trained scheduler; its keyword options become the trainer's flags.
+FORWARD_PROCESSES = {
+    "gaussian": ddpm_scheduler,
     "impulse": ImpulseNoiseScheduler,
     "morph": MorphScheduler,
     "rows": partial(AveragingScheduler, axis="rows"),
@@ -25,18 +41,27 @@ DEGRADATIONS = {
 }
 
 __all__ = [
-    "DEGRADATIONS",
+    "FORWARD_PROCESSES",
     "NOISE_SCHEDULES",
+    "PROCESS_TYPES",
     "SAMPLING_METHODS",
     "AveragingScheduler",
     "ColdDiffusionScheduler",
+    "ColdProcess",
     "ColdSchedulerOutput",
     "EntropyScaledNoiseScheduler",
+    "ForwardProcess",
     "GaussianBlurScheduler",
+    "GaussianProcess",
     "ImpulseNoiseScheduler",
     "MaskScheduler",
     "MorphScheduler",
+    "Option",
     "PixelateScheduler",
+    "Sampler",
     "ddpm_scheduler",
+    "factory_options",
+    "forward_process",
     "make_betas",
+    "register_process_type",
 ]

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from diffusers.configuration_utils import register_to_config
 
-from .cold import ColdDiffusionScheduler, check_choice
+from .cold import ColdDiffusionScheduler, Sampling, check_choice
 
-AXES = ("rows", "columns")
-ORDERS = ("random", "outside_in", "inside_out")
+Axis = Literal["rows", "columns"]
+LineOrder = Literal["random", "outside_in", "inside_out"]
+AXES: tuple[str, ...] = get_args(Axis)
+ORDERS: tuple[str, ...] = get_args(LineOrder)
 
 
 def line_order(order: str, size: int, seed: int = 0) -> list[int]:
@@ -39,9 +43,9 @@ class AveragingScheduler(ColdDiffusionScheduler):
 
     Args:
         axis: ``rows`` or ``columns``.
-        order: ``random`` (a permutation seeded by ``seed``), ``outside_in`` or ``inside_out``.
+        order: ``random`` (a permutation seeded by ``order_seed``), ``outside_in`` or ``inside_out``.
         group_size: lines averaged per step; must divide ``sample_size``.
-        seed: seed of the ``random`` order.
+        order_seed: seed of the ``random`` order (its own, so the training seed never changes the process).
         sample_size: image height and width.
         num_train_timesteps: ``T``; derived as ``sample_size // group_size`` (a given value must match).
         sampling: default sampler, ``improved`` or ``naive`` (or ``direct``).
@@ -51,13 +55,13 @@ class AveragingScheduler(ColdDiffusionScheduler):
     @register_to_config
     def __init__(
         self,
-        axis: str = "rows",
-        order: str = "random",
+        axis: Axis = "rows",
+        order: LineOrder = "random",
         group_size: int = 1,
-        seed: int = 0,
+        order_seed: int = 0,
         sample_size: int = 28,
         num_train_timesteps: int | None = None,
-        sampling: str = "improved",
+        sampling: Sampling = "improved",
         start_noise: float = 0.0,
     ):
         check_choice("axis", axis, AXES)
@@ -70,8 +74,15 @@ class AveragingScheduler(ColdDiffusionScheduler):
             raise ValueError(
                 f"num_train_timesteps={num_train_timesteps} must equal sample_size // group_size = {steps}"
             )
-        self.register_to_config(num_train_timesteps=steps, _line_order=line_order(order, sample_size, seed))
+        self.register_to_config(
+            num_train_timesteps=steps, _line_order=line_order(order, sample_size, order_seed)
+        )
         super().__init__()
+
+    @property
+    def degradation_name(self) -> str:
+        """``rows`` or ``columns``: the axis names the degradation."""
+        return self.config.axis
 
     def _as_rows(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.config.axis == "rows" else x.transpose(-1, -2)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import register_to_config
 
-from .cold import ColdDiffusionScheduler
+from .cold import ColdDiffusionScheduler, Sampling
 
 
 class GaussianBlurScheduler(ColdDiffusionScheduler):
@@ -25,13 +25,15 @@ class GaussianBlurScheduler(ColdDiffusionScheduler):
         start_noise: standard deviation of Gaussian noise added to prior samples.
     """
 
+    degradation_name = "blur"
+
     @register_to_config
     def __init__(
         self,
         num_train_timesteps: int = 20,
         sigma_start: float = 0.5,
         sigma_end: float = 6.0,
-        sampling: str = "improved",
+        sampling: Sampling = "improved",
         start_noise: float = 0.0,
     ):
         if not 0.0 < sigma_start <= sigma_end:

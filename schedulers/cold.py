@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import ClassVar, Literal, get_args
 
 import numpy as np
 import torch
@@ -20,7 +21,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-SAMPLING_METHODS = ("improved", "naive", "direct")
+Sampling = Literal["improved", "naive", "direct"]
+SAMPLING_METHODS: tuple[str, ...] = get_args(Sampling)
 PRIOR_FILE_NAME = "prior.npz"
 
 
@@ -64,12 +66,16 @@ class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
     draw their randomness once per sampling run (:meth:`sampling_draw`), so ``D(x0_hat, s)`` and
     ``D(x0_hat, s-1)`` share it and severity grows monotonically in ``t``.
 
-    Subclasses decorate their ``__init__`` with ``@register_to_config`` (its config must include
+    Subclasses set :attr:`degradation_name` (the command-line name, also saved in the config as
+    ``_degradation``), decorate their ``__init__`` with ``@register_to_config`` (its config must include
     ``num_train_timesteps``, ``sampling`` and ``start_noise``), call ``super().__init__()`` last, and
     implement :meth:`_degrade`; stochastic ones also implement :meth:`draw`.
     """
 
     order = 1
+    degradation_name: ClassVar[str]
+    # The training loss that suits the target: l1 for predicted clean images (Bansal et al.).
+    default_loss: ClassVar[Literal["l1", "l2"]] = "l1"
     # Prior: a Gaussian mixture fitted on at most this many D(x, T), in at most this many PCA dimensions.
     prior_components = 20
     prior_max_dim = 32
@@ -82,6 +88,8 @@ class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
         self._resolve_sampling(self.config.sampling)
         if self.config.start_noise < 0:
             raise ValueError(f"start_noise={self.config.start_noise} must be >= 0")
+        # Derived, never read back: the saved folder says which degradation it holds.
+        self.register_to_config(_degradation=self.degradation_name)
         self.prior: dict[str, torch.Tensor] = {}
         self.num_inference_steps: int | None = None
         self.timesteps = torch.arange(self.config.num_train_timesteps, 0, -1)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from diffusers.configuration_utils import register_to_config
 from diffusers.utils.torch_utils import randn_tensor
 
-from .cold import ColdDiffusionScheduler, ColdSchedulerOutput, check_choice, generator_device
-from .noise_schedules import make_betas
+from .cold import ColdDiffusionScheduler, ColdSchedulerOutput, Sampling, check_choice, generator_device
+from .noise_schedules import NoiseSchedule, make_betas
 
-ENTROPY_SCOPES = ("image", "batch")
+EntropyScope = Literal["image", "batch"]
+ENTROPY_SCOPES: tuple[str, ...] = get_args(EntropyScope)
 
 
 def histogram_entropy(x: torch.Tensor, per_image: bool = True) -> torch.Tensor:
@@ -39,7 +42,7 @@ class EntropyScaledNoiseScheduler(ColdDiffusionScheduler):
 
     Args:
         num_train_timesteps: ``T``.
-        beta_schedule: a schedule name of :func:`~schedulers.noise_schedules.make_betas`.
+        noise_schedule: a schedule name of :func:`~schedulers.noise_schedules.make_betas`.
         beta_start: first beta of interpolated schedules.
         beta_end: last beta of interpolated schedules.
         entropy_scope: ``image`` (one entropy per image) or ``batch`` (one for the batch).
@@ -48,20 +51,24 @@ class EntropyScaledNoiseScheduler(ColdDiffusionScheduler):
         start_noise: standard deviation of Gaussian noise added to prior samples.
     """
 
+    degradation_name = "des"
+    # The model predicts scaled Gaussian noise, as a Gaussian DDPM predicts its noise.
+    default_loss = "l2"
+
     @register_to_config
     def __init__(
         self,
         num_train_timesteps: int = 1000,
-        beta_schedule: str = "linear",
+        noise_schedule: NoiseSchedule = "linear",
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
-        entropy_scope: str = "image",
+        entropy_scope: EntropyScope = "image",
         sample_size: int = 28,
-        sampling: str = "improved",
+        sampling: Sampling = "improved",
         start_noise: float = 0.0,
     ):
         check_choice("entropy_scope", entropy_scope, ENTROPY_SCOPES)
-        betas = make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end)
+        betas = make_betas(noise_schedule, num_train_timesteps, beta_start, beta_end)
         self.alphas_cumprod = torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1 - betas, 0)])
         super().__init__()
 

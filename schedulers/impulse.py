@@ -7,7 +7,7 @@ import math
 import torch
 from diffusers.configuration_utils import register_to_config
 
-from .cold import ColdDiffusionScheduler, uniform_tensor
+from .cold import ColdDiffusionScheduler, Sampling, uniform_tensor
 
 
 class ImpulseNoiseScheduler(ColdDiffusionScheduler):
@@ -25,13 +25,15 @@ class ImpulseNoiseScheduler(ColdDiffusionScheduler):
         start_noise: standard deviation of Gaussian noise added to prior samples.
     """
 
+    degradation_name = "impulse"
+
     @register_to_config
     def __init__(
         self,
         num_train_timesteps: int = 150,
         rho_start: float = 0.05,
         rho_end: float = 0.25,
-        sampling: str = "improved",
+        sampling: Sampling = "improved",
         start_noise: float = 0.0,
     ):
         if not 0.0 < rho_start <= rho_end < 0.5:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from diffusers.configuration_utils import register_to_config
 
-from .cold import ColdDiffusionScheduler, check_choice, uniform_tensor
+from .cold import ColdDiffusionScheduler, Sampling, check_choice, uniform_tensor
 
-MASK_ORDERS = ("gaussian", "random")
+MaskOrder = Literal["gaussian", "random"]
+MASK_ORDERS: tuple[str, ...] = get_args(MaskOrder)
 
 
 class MaskScheduler(ColdDiffusionScheduler):
@@ -25,13 +28,15 @@ class MaskScheduler(ColdDiffusionScheduler):
         start_noise: standard deviation of Gaussian noise added to prior samples.
     """
 
+    degradation_name = "mask"
+
     @register_to_config
     def __init__(
         self,
         num_train_timesteps: int = 28,
-        order: str = "gaussian",
+        order: MaskOrder = "gaussian",
         sample_size: int = 28,
-        sampling: str = "improved",
+        sampling: Sampling = "improved",
         start_noise: float = 0.0,
     ):
         check_choice("order", order, MASK_ORDERS)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import torch
 from diffusers.configuration_utils import register_to_config
 from diffusers.image_processor import VaeImageProcessor
 
-from .cold import ColdDiffusionScheduler, check_choice, generator_device
+from .cold import ColdDiffusionScheduler, Sampling, check_choice, generator_device
 
-ALPHA_SCHEDULES = ("linear", "cosine")
+AlphaSchedule = Literal["linear", "cosine"]
+ALPHA_SCHEDULES: tuple[str, ...] = get_args(AlphaSchedule)
 
 
 class MorphScheduler(ColdDiffusionScheduler):
@@ -32,15 +34,17 @@ class MorphScheduler(ColdDiffusionScheduler):
         start_noise: standard deviation ``lambda`` of Gaussian noise added to sampling starts.
     """
 
+    degradation_name = "morph"
+
     @register_to_config
     def __init__(
         self,
         num_train_timesteps: int = 50,
-        alpha_schedule: str = "cosine",
+        alpha_schedule: AlphaSchedule = "cosine",
         target_dataset: str = "zalando-datasets/fashion_mnist",
         bank_size: int = 1000,
         start_mix: int = 1,
-        sampling: str = "improved",
+        sampling: Sampling = "improved",
         start_noise: float = 0.0,
     ):
         check_choice("alpha_schedule", alpha_schedule, ALPHA_SCHEDULES)

@@ -8,12 +8,15 @@ forward process the model was trained on.
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import torch
 from diffusers import DDPMScheduler
 from diffusers.schedulers.scheduling_ddpm import betas_for_alpha_bar
 
-NOISE_SCHEDULES = ("linear", "cosine", "constant", "inverse_linear", "geometric", "cosine_annealing")
+NoiseSchedule = Literal["linear", "cosine", "constant", "inverse_linear", "geometric", "cosine_annealing"]
+NOISE_SCHEDULES: tuple[str, ...] = get_args(NoiseSchedule)
+PredictionType = Literal["epsilon", "sample", "v_prediction"]
 # Schedules defined by interpolating from beta_start to beta_end; they need beta_start < beta_end.
 _INTERPOLATED = ("linear", "inverse_linear", "geometric", "cosine_annealing")
 
@@ -24,7 +27,7 @@ def _check_beta(name: str, value: float) -> None:
 
 
 def make_betas(
-    schedule: str = "linear",
+    schedule: NoiseSchedule = "linear",
     num_train_timesteps: int = 1000,
     beta_start: float = 1e-4,
     beta_end: float = 0.02,
@@ -80,21 +83,34 @@ def make_betas(
 
 
 def ddpm_scheduler(
-    schedule: str = "linear",
+    noise_schedule: NoiseSchedule = "linear",
     num_train_timesteps: int = 1000,
     beta_start: float = 1e-4,
     beta_end: float = 0.02,
     max_beta: float = 0.999,
     constant_beta: float = 0.01,
-    prediction_type: str = "epsilon",
+    prediction_type: PredictionType = "epsilon",
 ) -> DDPMScheduler:
-    """A stock ``DDPMScheduler`` whose ``trained_betas`` follow a named schedule (see :func:`make_betas`)."""
-    allowed_predictions = ("epsilon", "sample", "v_prediction")
+    """A stock ``DDPMScheduler`` whose ``trained_betas`` follow a named schedule (see :func:`make_betas`).
+
+    Args:
+        noise_schedule: the beta schedule, see :func:`make_betas`.
+        num_train_timesteps: ``T``.
+        beta_start: first beta of the interpolated schedules (default 1e-4).
+        beta_end: last beta of the interpolated schedules (default 0.02).
+        max_beta: clip of the cosine schedule's betas (default 0.999).
+        constant_beta: beta of the constant schedule (default 0.01).
+        prediction_type: what the network predicts: the noise, the clean image or the velocity.
+
+    Raises:
+        ValueError: on an unknown schedule or prediction type, or a bad ``T`` or beta.
+    """
+    allowed_predictions = get_args(PredictionType)
     if prediction_type not in allowed_predictions:
         raise ValueError(
             f"prediction_type={prediction_type!r} is not one of {', '.join(allowed_predictions)}"
         )
-    betas = make_betas(schedule, num_train_timesteps, beta_start, beta_end, max_beta, constant_beta)
+    betas = make_betas(noise_schedule, num_train_timesteps, beta_start, beta_end, max_beta, constant_beta)
     return DDPMScheduler(
         num_train_timesteps=num_train_timesteps,
         trained_betas=betas.tolist(),

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import register_to_config
 
-from .cold import ColdDiffusionScheduler
+from .cold import ColdDiffusionScheduler, Sampling
 
 
 def pooling_factors(sample_size: int, max_factor: int) -> list[int]:
@@ -30,13 +30,15 @@ class PixelateScheduler(ColdDiffusionScheduler):
         start_noise: standard deviation of Gaussian noise added to prior samples.
     """
 
+    degradation_name = "pixelate"
+
     @register_to_config
     def __init__(
         self,
         sample_size: int = 28,
         max_factor: int = 7,
         num_train_timesteps: int | None = None,
-        sampling: str = "improved",
+        sampling: Sampling = "improved",
         start_noise: float = 0.0,
     ):
         steps = len(pooling_factors(sample_size, max_factor))

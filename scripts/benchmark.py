@@ -4,7 +4,7 @@
     python scripts/benchmark.py --quick --output benchmarks/results.json    # smoke run, under 2 minutes
 
 Writes the results as JSON and as a markdown table (``README.md`` beside the JSON unless ``--markdown``
-says otherwise) and prints the table. See :mod:`training.benchmark` for what each section measures.
+says otherwise) and prints the table. See :mod:`evaluation.benchmark` for what each section measures.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipelines import load_pipeline  # noqa: E402
-from training.benchmark import (  # noqa: E402
+from evaluation.benchmark import (  # noqa: E402
     VARIANTS,
     Reference,
     ThroughputPlan,

@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from training.cli import run_cli
-from training.demo import DEFAULT_MODEL, DEFAULT_TEST_DATA, build_demo
+from app.demo import DEFAULT_MODEL, DEFAULT_TEST_DATA, build_demo
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,14 +26,14 @@ from matplotlib.figure import Figure
 from pipelines import load_pipeline
 from training.cli import run_cli
 from training.data import default_mnist, load_split, uint8_to_unit_range
-from training.metrics import (
+from evaluation.metrics import (
     FEATURE_NETWORKS,
     SampleQuality,
     forward_process_normality,
     images01_from_array,
     restoration_quality,
 )
-from training.sampling import COLD_SAMPLERS, GAUSSIAN_SAMPLERS, generate, is_gaussian, save_grid
+from pipelines.sampling import COLD_SAMPLERS, GAUSSIAN_SAMPLERS, generate, is_gaussian, save_grid
 
 NUM_EXTREMES = 16
 P_VALUE_FLOOR = 1e-20

@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from training.cli import run_cli
-from training.hub import CARD_FILE, stage_pipeline, write_model_card
+from publishing.hub import CARD_FILE, stage_pipeline, write_model_card
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipelines import load_pipeline  # noqa: E402
 from training.cli import ArgumentParser, run_cli  # noqa: E402
 from training.data import default_mnist, load_split, to_model_range, to_unit_range  # noqa: E402
-from training.sampling import is_gaussian  # noqa: E402
+from pipelines.sampling import is_gaussian  # noqa: E402
 
 
 def degradation_timesteps(pipeline, num_columns: int) -> list[int]:

@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from training.cli import run_cli
-from training.hub import push_pipeline
+from publishing.hub import push_pipeline
 
 
 def main(argv: list[str] | None = None) -> None:

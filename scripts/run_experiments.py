@@ -28,7 +28,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from training.benchmark import machine_info  # noqa: E402
+from evaluation.benchmark import machine_info  # noqa: E402
 from training.cli import ArgumentParser, run_cli  # noqa: E402
 from training.data import default_fashion_mnist, default_mnist  # noqa: E402
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from pipelines import load_pipeline
 from training.cli import ArgumentParser, run_cli
-from training.sampling import COLD_SAMPLERS, GAUSSIAN_SAMPLERS, generate, save_grid
+from pipelines.sampling import COLD_SAMPLERS, GAUSSIAN_SAMPLERS, generate, save_grid
 
 OUTPUT_SUFFIXES = (".png", ".npy")
 

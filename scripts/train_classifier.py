@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from models.mnist_classifier import PRETRAINED_DIR, MNISTClassifier
 from training.cli import run_cli
 from training.data import default_mnist, load_split
-from training.metrics import classify, split_to_unit_range
+from evaluation.metrics import classify, split_to_unit_range
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -13,7 +13,7 @@ from diffusers import DDPMScheduler
 
 from models import CourseworkCNN
 from tests.conftest import PROJECT_ROOT, run_python
-from training.benchmark import training_flops_per_image
+from evaluation.benchmark import training_flops_per_image
 
 SCRIPT = str(PROJECT_ROOT / "scripts" / "benchmark.py")
 

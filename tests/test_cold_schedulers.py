@@ -135,7 +135,7 @@ def test_config_and_prior_round_trip(name, tmp_path):
 
 
 def test_random_order_is_stored_in_the_saved_config(tmp_path):
-    scheduler = AveragingScheduler(order="random", seed=7)
+    scheduler = AveragingScheduler(order="random", order_seed=7)
     scheduler.save_pretrained(tmp_path)
     assert AveragingScheduler.from_pretrained(tmp_path).config["_line_order"] == line_order("random", 28, 7)
     assert sorted(line_order("random", 28, 7)) == list(range(28))
@@ -193,7 +193,7 @@ def test_morph_start_mixes_bank_images_and_becomes_the_draw():
         ("mask", {"order": "outside_in"}, "order='outside_in'"),
         ("morph", {"alpha_schedule": "sqrt"}, "alpha_schedule='sqrt'"),
         ("des", {"entropy_scope": "pixel"}, "entropy_scope='pixel'"),
-        ("des", {"beta_schedule": "quadratic"}, "quadratic"),
+        ("des", {"noise_schedule": "quadratic"}, "quadratic"),
         ("blur", {"sigma_start": -1.0}, "sigma_start=-1.0"),
         ("pixelate", {"max_factor": 1}, "max_factor=1"),
         ("blur", {"sampling": "ddim"}, "sampling='ddim'"),

@@ -7,7 +7,7 @@ import torch
 import schedulers
 from pipelines import ColdDiffusionPipeline, load_pipeline
 from tests.conftest import run_python
-from training.sampling import COLD_SAMPLERS, generate
+from pipelines.sampling import COLD_SAMPLERS, generate
 from training.train import parse_args, train
 
 # Short processes keep the sample grids and the test fast; the rest are each scheduler's defaults.

@@ -14,7 +14,7 @@ from diffusers.utils import BaseOutput
 from models.mnist_classifier import PRETRAINED_DIR, load_mnist_classifier
 from schedulers import ImpulseNoiseScheduler
 from training.data import ImageSplit, load_split, to_model_range
-from training.metrics import (
+from evaluation.metrics import (
     SampleQuality,
     check_images01,
     classify,

@@ -4,17 +4,15 @@ Shaped like Diffusers' ``examples/unconditional_image_generation/train_unconditi
 
     accelerate launch training/train.py --config training/configs/quickstart.yaml [--key value ...]
 
-Flags given on the command line override the YAML config. The objective comes from the scheduler:
-a stock ``DDPMScheduler`` (``--degradation gaussian``) trains epsilon / sample / v prediction; a
-cold-diffusion scheduler supplies its own ``(model_input, target)`` pairs. At the end the pipeline is
-saved with ``save_pretrained(OUTPUT_DIR)``.
+Flags given on the command line override the YAML config. The objective comes from the forward process
+(``--degradation``, see :data:`schedulers.FORWARD_PROCESSES`): it draws the timesteps, builds
+``(model_input, target)`` pairs and names the default loss; each process's own options are flags too. At the
+end the pipeline is saved with ``save_pretrained(OUTPUT_DIR)``.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import inspect
 import json
 import logging
 import math
@@ -22,55 +20,96 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 import yaml
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
-from diffusers import DDPMPipeline, DDPMScheduler
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from huggingface_hub import get_token
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-# Running as `accelerate launch training/train.py` puts training/ first on sys.path, not the project root.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import schedulers  # noqa: E402
-from models import UNET_PRESETS, CourseworkCNN, unet_preset  # noqa: E402
-from schedulers import NOISE_SCHEDULES, ddpm_scheduler  # noqa: E402
-from training.cli import ArgumentParser, run_cli  # noqa: E402
-from training.data import MNIST, load_split, to_model_range, uint8_to_unit_range  # noqa: E402
-from training.sampling import GAUSSIAN_SAMPLERS, generate, save_grid  # noqa: E402
+from models import UNET_PRESETS, CourseworkCNN, unet_preset
+from pipelines.sampling import generate, save_grid
+from schedulers import FORWARD_PROCESSES, PROCESS_TYPES, ForwardProcess, factory_options, forward_process
+from training.cli import ArgumentParser, run_cli
+from training.data import MNIST, load_split, to_model_range, uint8_to_unit_range
+from training.objective import compute_loss, held_out_losses, training_batch
 
 logger = get_logger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint-"
 
 
-def degradation_names() -> tuple[str, ...]:
-    """``gaussian`` followed by every cold degradation the ``schedulers`` package registers."""
-    return ("gaussian", *getattr(schedulers, "DEGRADATIONS", {}))
-
-
-def _degradation_options() -> dict[str, inspect.Parameter]:
-    """Constructor parameters of every registered degradation scheduler, by name (first one wins)."""
-    options: dict[str, inspect.Parameter] = {}
-    for factory in getattr(schedulers, "DEGRADATIONS", {}).values():
-        for name, parameter in inspect.signature(factory).parameters.items():
-            if parameter.default is not inspect.Parameter.empty:
-                options.setdefault(name, parameter)
+def process_options(registry: Mapping[str, Any] = FORWARD_PROCESSES) -> dict[str, dict[str, Any]]:
+    """``option name -> {process name -> Option}``: the keyword options of every registered process."""
+    options: dict[str, dict[str, Any]] = {}
+    for process, factory in registry.items():
+        for name, option in factory_options(factory).items():
+            options.setdefault(name, {})[process] = option
     return options
 
 
-def build_parser() -> ArgumentParser:
-    """The command-line interface; every flag can also be a key of the ``--config`` YAML file."""
+def all_sampler_names() -> tuple[str, ...]:
+    """Every sampler of every process family, for ``--sampler``'s choices (each process checks its own)."""
+    return tuple(dict.fromkeys(name for kind in PROCESS_TYPES for name in kind.samplers))
+
+
+def add_process_options(parser: ArgumentParser, registry: Mapping[str, Any] = FORWARD_PROCESSES) -> None:
+    """Add every process's options as flags, after the trainer's own flags.
+
+    An option shared by several processes (``--num_train_timesteps``) is one flag; each process applies its
+    own default when the flag is not given.
+
+    Raises:
+        ValueError: if an option has the name of a trainer flag (it would silently set both), or two
+            processes give one option name different types.
+    """
+    group = parser.add_argument_group(
+        "forward-process options (--degradation picks the process; defaults are each process's own)"
+    )
+    for name, by_process in process_options(registry).items():
+        if f"--{name}" in parser._option_string_actions:
+            raise ValueError(
+                f"option {name!r} of the forward process {', '.join(by_process)} has the name of a trainer "
+                f"flag (--{name}); rename the parameter"
+            )
+        kinds = {option.type for option in by_process.values()}
+        if len(kinds) > 1:
+            raise ValueError(f"option {name!r} has different types in {', '.join(by_process)}")
+        kind = kinds.pop()
+        # Processes that document an option alike share one line of its help.
+        texts: dict[str, list[str]] = {}
+        for process, option in by_process.items():
+            text = option.help.replace("``", "").rstrip(".")
+            if option.choices and not all(str(choice) in text for choice in option.choices):
+                text += f" ({', '.join(map(str, option.choices))})"
+            texts.setdefault(text, []).append(process)
+        described = "; ".join(f"{', '.join(processes)}: {text}" for text, processes in texts.items())
+        group.add_argument(
+            f"--{name}",
+            type=_parse_bool if kind is bool else kind,
+            default=None,
+            metavar=kind.__name__.upper(),
+            help=described.replace("%", "%%"),
+        )
+
+
+def build_parser(registry: Mapping[str, Any] = FORWARD_PROCESSES) -> ArgumentParser:
+    """The command-line interface; every flag can also be a key of the ``--config`` YAML file.
+
+    Args:
+        registry: the forward processes offered by ``--degradation`` (default: the project's registry).
+
+    Raises:
+        ValueError: if a forward process's option collides with a trainer flag.
+    """
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=str, default=None, help="YAML file of defaults for these flags.")
     data = parser.add_argument_group("data")
@@ -96,19 +135,17 @@ def build_parser() -> ArgumentParser:
     model.add_argument("--unet_preset", choices=sorted(UNET_PRESETS), default="small")
 
     diffusion = parser.add_argument_group("diffusion")
-    diffusion.add_argument("--degradation", type=str, default="gaussian")
-    diffusion.add_argument("--noise_schedule", choices=NOISE_SCHEDULES, default="linear")
-    diffusion.add_argument("--num_train_timesteps", type=int, default=None, help="T (default per process).")
-    # Schedule parameters default to None: each scheduler then applies its own default.
-    diffusion.add_argument("--beta_start", type=float, default=None, help="Default 1e-4 (linear family).")
-    diffusion.add_argument("--beta_end", type=float, default=None, help="Default 0.02 (linear family).")
-    diffusion.add_argument("--max_beta", type=float, default=None, help="Cosine clip, default 0.999.")
-    diffusion.add_argument("--constant_beta", type=float, default=None, help="Default 0.01.")
     diffusion.add_argument(
-        "--prediction_type", choices=("epsilon", "sample", "v_prediction"), default="epsilon"
+        "--degradation",
+        choices=tuple(registry),
+        default="gaussian",
+        help="The forward process: Gaussian noise or a cold degradation.",
     )
     diffusion.add_argument(
-        "--loss", choices=("l1", "l2"), default=None, help="Default: l2 (Gaussian), l1 (cold)."
+        "--loss",
+        choices=("l1", "l2"),
+        default=None,
+        help="Default: the process's own (l2 Gaussian, l1 cold).",
     )
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--train_batch_size", type=int, default=128)
@@ -140,7 +177,12 @@ def build_parser() -> ArgumentParser:
     logs.add_argument("--logging_steps", type=int, default=50)
     logs.add_argument("--save_images_epochs", type=int, default=1)
     logs.add_argument("--num_sample_images", type=int, default=64)
-    logs.add_argument("--sample_scheduler", choices=GAUSSIAN_SAMPLERS, default="ddpm", help="Gaussian grids.")
+    logs.add_argument(
+        "--sampler",
+        choices=all_sampler_names(),
+        default=None,
+        help="Sampler of the grids and evaluations; default: the process's own (dpmsolver, improved).",
+    )
     logs.add_argument(
         "--sample_inference_steps", type=int, default=None, help="Default: the sampler's usual count."
     )
@@ -149,20 +191,12 @@ def build_parser() -> ArgumentParser:
     logs.add_argument("--checkpointing_steps", type=int, default=500)
     logs.add_argument("--checkpoints_total_limit", type=int, default=2)
     logs.add_argument("--resume_from_checkpoint", type=str, default=None, help="'latest' or a path.")
-    cold = parser.add_argument_group("cold degradation options (defaults are each scheduler's own)")
-    for name, parameter in _degradation_options().items():
-        if f"--{name}" in parser._option_string_actions:  # shared with the trainer, e.g. T, --seed
-            continue
-        if isinstance(parameter.default, bool):
-            cold.add_argument(f"--{name}", type=_parse_bool, default=None, metavar="BOOL")
-        else:
-            kind = type(parameter.default) if parameter.default is not None else str
-            cold.add_argument(f"--{name}", type=kind, default=None)
     hub = parser.add_argument_group("Hugging Face Hub")
     hub.add_argument("--push_to_hub", action="store_true", help="Upload the pipeline and a model card.")
     hub.add_argument("--hub_model_id", type=str, default=None, help="USER/NAME of the model repo.")
     hub.add_argument("--hub_private_repo", action="store_true")
     hub.add_argument("--hub_token", type=str, default=None, help="Default: HF_TOKEN or `hf auth login`.")
+    add_process_options(parser, registry)
     return parser
 
 
@@ -200,9 +234,10 @@ def _read_config(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
 
 
 def _validate(args: argparse.Namespace) -> None:
-    allowed = degradation_names()
-    if args.degradation not in allowed:
-        raise ValueError(f"--degradation {args.degradation!r} is not one of {', '.join(allowed)}")
+    # Building the process checks its options; the sampler must be one of its own.
+    process = make_process(args)
+    if args.sampler is not None:
+        process.check_sampler(args.sampler, args.sample_inference_steps)
     for name in (
         "train_batch_size",
         "num_epochs",
@@ -236,18 +271,22 @@ def _validate(args: argparse.Namespace) -> None:
         )
 
 
-def make_scheduler(args: argparse.Namespace):
-    """The training scheduler: a ``DDPMScheduler`` with a named beta schedule, or a cold degradation."""
-    if args.degradation == "gaussian":
-        factory = ddpm_scheduler
-        args.num_train_timesteps = args.num_train_timesteps or 1000
-    else:
-        factory = schedulers.DEGRADATIONS[args.degradation]
-    accepted = inspect.signature(factory).parameters
-    options = {name: getattr(args, name) for name in accepted if getattr(args, name, None) is not None}
-    if "schedule" in accepted:
-        options["schedule"] = args.noise_schedule
-    return factory(**options)
+def make_process(args: argparse.Namespace) -> ForwardProcess:
+    """The forward process of ``--degradation``, built with the process options that were given.
+
+    Raises:
+        ValueError: if an option of another process is given (it would be silently ignored), or an option's
+            value is not allowed.
+    """
+    factory = FORWARD_PROCESSES[args.degradation]
+    accepted = factory_options(factory)
+    for name, by_process in process_options().items():
+        if name not in accepted and getattr(args, name, None) is not None:
+            raise ValueError(
+                f"--{name} is an option of {', '.join(by_process)}, not of --degradation {args.degradation}"
+            )
+    given = {name: getattr(args, name) for name in accepted if getattr(args, name) is not None}
+    return forward_process(factory(**given))
 
 
 def make_model(args: argparse.Namespace, num_train_timesteps: int) -> torch.nn.Module:
@@ -262,82 +301,6 @@ def make_model(args: argparse.Namespace, num_train_timesteps: int) -> torch.nn.M
         time_embedding_in_every_block=args.time_embedding_in_every_block,
         num_train_timesteps=num_train_timesteps,
     )
-
-
-def make_pipeline(model: torch.nn.Module, scheduler):
-    """The pipeline that samples ``model``: stock ``DDPMPipeline`` for Gaussian, ours for cold."""
-    if isinstance(scheduler, DDPMScheduler):
-        return DDPMPipeline(unet=model, scheduler=scheduler)
-    from pipelines import ColdDiffusionPipeline
-
-    return ColdDiffusionPipeline(unet=model, scheduler=scheduler)
-
-
-def training_pair(
-    scheduler, x0: torch.Tensor, generator: torch.Generator | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Draw timesteps and build ``(model_input, timesteps, target)`` for a batch of clean images."""
-    if isinstance(scheduler, DDPMScheduler):
-        timesteps = torch.randint(
-            0, scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device, generator=generator
-        )
-        noise = torch.randn(x0.shape, device=x0.device, generator=generator, dtype=x0.dtype)
-        noisy = scheduler.add_noise(x0, noise, timesteps)
-        prediction = scheduler.config.prediction_type
-        if prediction == "epsilon":
-            target = noise
-        elif prediction == "sample":
-            target = x0
-        else:
-            target = scheduler.get_velocity(x0, noise, timesteps)
-        return noisy, timesteps, target
-    timesteps = scheduler.training_timesteps(x0.shape[0], generator=generator, device=x0.device)
-    model_input, target = scheduler.training_example(x0, timesteps, generator=generator)
-    return model_input, timesteps, target
-
-
-def per_image_loss(prediction: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    """L1 or L2 loss of each image, ``(batch,)``, in float32."""
-    loss_fn = F.l1_loss if kind == "l1" else F.mse_loss
-    return loss_fn(prediction.float(), target.float(), reduction="none").flatten(1).mean(1)
-
-
-def compute_loss(prediction: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    """Mean L1 or L2 loss in float32 (the training objective)."""
-    return per_image_loss(prediction, target, kind).mean()
-
-
-@torch.inference_mode()
-def held_out_losses(
-    model: torch.nn.Module,
-    scheduler,
-    images: torch.Tensor,
-    kind: str,
-    batch_size: int = 512,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-) -> torch.Tensor:
-    """Per-image losses on ``uint8`` images, noise and timesteps fixed by ``seed`` (comparable across runs).
-
-    Args:
-        model: the network, in the mode the caller chose (``eval`` for validation).
-        scheduler: the training scheduler (see :func:`training_pair`).
-        images: ``uint8`` images ``(N, H, W)``.
-        kind: ``l1`` or ``l2``.
-        batch_size: images per network call.
-        seed: seed of the noise and timestep draws.
-        device: where the model runs.
-        autocast: context manager factory for mixed precision (e.g. ``accelerator.autocast``).
-    """
-    generator = torch.Generator(device=device).manual_seed(seed)
-    losses = []
-    for batch in images.split(batch_size):
-        model_input, timesteps, target = training_pair(scheduler, to_model_range(batch).to(device), generator)
-        with autocast():
-            prediction = model(model_input, timesteps).sample
-        losses.append(per_image_loss(prediction, target, kind))
-    return torch.cat(losses)
 
 
 def _checkpoints(output_dir: str) -> list[Path]:
@@ -412,9 +375,9 @@ class Trainer:
         # A different seed per process: the ranks must not draw the same noise for their different images.
         set_seed(args.seed, device_specific=True)
 
-        self.scheduler = make_scheduler(args)
+        self.process = make_process(args)
         if args.loss is None:
-            args.loss = "l2" if isinstance(self.scheduler, DDPMScheduler) else "l1"
+            args.loss = self.process.default_loss
         self.train_images = load_split(args.dataset_name, args.train_split, args.max_train_samples).images
         self.validation_images = load_split(
             args.dataset_name, args.validation_split, args.num_validation_images
@@ -424,10 +387,10 @@ class Trainer:
                 f"{len(self.train_images)} training images are fewer than one batch of "
                 f"{args.train_batch_size} x {accelerator.num_processes} processes"
             )
-        if accelerator.is_main_process and hasattr(self.scheduler, "fit_prior"):
-            # The start distribution depends only on the data and the degradation: fitted first, the sample
-            # grids of every epoch can already generate unconditionally.
-            self.scheduler.fit_prior(
+        if accelerator.is_main_process:
+            # What sampling needs from the data (a cold process's start distribution) depends only on the
+            # data and the process: fitted first, the sample grids of every epoch can already generate.
+            self.process.fit(
                 to_model_range(self.train_images), generator=torch.Generator().manual_seed(args.seed)
             )
 
@@ -436,7 +399,7 @@ class Trainer:
         usable_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         cores_per_process = max(1, (usable_cores or 1) // accelerator.num_processes)
         torch.set_num_threads(args.num_threads or cores_per_process)
-        model = make_model(args, self.scheduler.config.num_train_timesteps)
+        model = make_model(args, self.process.num_train_timesteps)
         self.memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
         model = model.to(memory_format=self.memory_format)
         self.ema_model = (
@@ -479,6 +442,7 @@ class Trainer:
                 )
             accelerator.init_trackers("train", config={k: str(v) for k, v in vars(args).items()})
         self.global_step = 0
+        self.evaluator = None
 
     def resume(self) -> None:
         """Load ``--resume_from_checkpoint`` (``latest`` or a folder) if one exists."""
@@ -540,7 +504,7 @@ class Trainer:
             time.perf_counter(),
         )
         for (images,) in batches:
-            model_input, timesteps, target = training_pair(self.scheduler, to_model_range(images))
+            model_input, timesteps, target = training_batch(self.process, to_model_range(images))
             model_input = model_input.contiguous(memory_format=self.memory_format)
             with accelerator.autocast():
                 prediction = model(model_input, timesteps).sample
@@ -594,7 +558,7 @@ class Trainer:
         self.log(epoch, {"val_loss": val_loss})
         logger.info("epoch %d step %d: validation loss %.5f", epoch, self.global_step, val_loss)
         if accelerator.is_main_process:
-            pipeline = make_pipeline(accelerator.unwrap_model(self.model), self.scheduler)
+            pipeline = self.process.make_pipeline(accelerator.unwrap_model(self.model))
             if (epoch + 1) % args.save_images_epochs == 0 or end_of_run:
                 save_sample_grid(pipeline, args, self.output_dir / "samples" / f"epoch_{epoch:03d}.png")
             if args.eval_epochs and ((epoch + 1) % args.eval_epochs == 0 or end_of_run):
@@ -611,27 +575,27 @@ class Trainer:
         """Mean loss over the validation images with a fixed noise seed, so epochs are comparable."""
         args = self.args
         losses = held_out_losses(
-            self.model, self.scheduler, self.validation_images, args.loss, args.eval_batch_size, args.seed,
+            self.model, self.process, self.validation_images, args.loss, args.eval_batch_size, args.seed,
             self.accelerator.device, self.accelerator.autocast,
         )  # fmt: skip
         return losses.mean().item()
 
     def sample_quality(self, pipeline) -> dict[str, float]:
         """FID/KID/IS/class balance of ``--eval_num_images`` samples against the validation images."""
-        from training.metrics import sample_quality
+        if self.evaluator is None:
+            from evaluation.metrics import SampleQuality
 
-        if not hasattr(self, "reference01"):
-            # The same objects for the whole run: sample_quality caches their features by identity.
-            self.reference01 = uint8_to_unit_range(self.validation_images)
-            self.floor01 = uint8_to_unit_range(self.train_images[:10_000])
+            # Built once: the reference features are computed here and kept for the whole run.
+            self.evaluator = SampleQuality(
+                uint8_to_unit_range(self.validation_images),
+                uint8_to_unit_range(self.train_images[:10_000]),
+                device=pipeline.device,
+            )
+        args = self.args
         samples = generate(
-            pipeline,
-            self.args.eval_num_images,
-            _grid_sampler(pipeline, self.args),
-            self.args.sample_inference_steps,
-            seed=self.args.seed,
+            pipeline, args.eval_num_images, args.sampler, args.sample_inference_steps, args.seed
         )
-        return sample_quality(samples, self.reference01, self.floor01, device=pipeline.device)
+        return self.evaluator.evaluate(samples).metrics
 
     def save(self) -> torch.nn.Module:
         """Checkpoint the last step, save the pipeline (EMA weights if any), push it if asked."""
@@ -642,10 +606,10 @@ class Trainer:
         if self.ema_model is not None:
             self.ema_model.copy_to(final_model.parameters())
         if accelerator.is_main_process:
-            make_pipeline(final_model, self.scheduler).save_pretrained(str(self.output_dir))
+            self.process.make_pipeline(final_model).save_pretrained(str(self.output_dir))
             logger.info("Saved the pipeline to %s", self.output_dir)
             if args.push_to_hub:
-                from training.hub import push_pipeline
+                from publishing.hub import push_pipeline
 
                 url = push_pipeline(self.output_dir, args.hub_model_id, args.hub_private_repo, args.hub_token)
                 logger.info("Uploaded the pipeline to %s", url)
@@ -653,20 +617,9 @@ class Trainer:
         return final_model
 
 
-def _grid_sampler(pipeline, args) -> str | None:
-    """``--sample_scheduler`` for Gaussian pipelines; cold ones use their default algorithm."""
-    return args.sample_scheduler if isinstance(pipeline, DDPMPipeline) else None
-
-
 def save_sample_grid(pipeline, args, path: Path) -> None:
     """Sample ``--num_sample_images`` with a fixed seed and save them as one PNG grid."""
-    images = generate(
-        pipeline,
-        args.num_sample_images,
-        _grid_sampler(pipeline, args),
-        args.sample_inference_steps,
-        seed=args.seed,
-    )
+    images = generate(pipeline, args.num_sample_images, args.sampler, args.sample_inference_steps, args.seed)
     save_grid(images, path)
 
 

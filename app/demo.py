@@ -2,7 +2,7 @@
 
 ``scripts/demo.py`` is the command-line front end. Like sampling and evaluation, the demo starts from saved
 pipeline folders (or Hub ids) loaded with :func:`pipelines.load_pipeline`, and draws samples with
-:func:`training.sampling.generate`.
+:func:`pipelines.sampling.generate`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from PIL import Image
 
 from pipelines import load_pipeline
 from training.data import LOCAL_MNIST, load_split, to_model_range, to_unit_range
-from training.sampling import (
+from pipelines.sampling import (
     check_sampling_args,
     default_sampler,
     default_steps,

@@ -28,7 +28,7 @@ from safetensors import safe_open
 
 from pipelines import load_pipeline, make_portable
 from training.data import FASHION_MNIST, MNIST
-from training.sampling import generate, save_grid
+from pipelines.sampling import generate, save_grid
 
 CARD_FILE = "README.md"
 SAMPLE_GRID_FILE = "samples.png"

@@ -34,8 +34,8 @@ from torchvision import transforms
 
 from pipelines import load_pipeline
 from training.data import to_model_range, uint8_to_unit_range
-from training.metrics import sample_quality
-from training.sampling import generate
+from evaluation.metrics import sample_quality
+from pipelines.sampling import generate
 from training.train import (
     Trainer,
     compute_loss,

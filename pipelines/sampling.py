@@ -1,0 +1,89 @@
+"""One way to draw samples from any pipeline of this project, shared by training, scripts and the demo.
+
+The sampler is a name of the pipeline's forward process (:attr:`schedulers.ForwardProcess.samplers`): its
+scheduler is built from the trained one, so every tool offers exactly the samplers the process registers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+from diffusers import DiffusionPipeline
+from torchvision.utils import make_grid, save_image
+
+from schedulers import forward_process
+
+
+@torch.inference_mode()
+def generate(
+    pipeline: DiffusionPipeline,
+    num_images: int,
+    sampler: str | None = None,
+    num_inference_steps: int | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    show_progress: bool = False,
+    start_images: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Draw ``num_images`` samples as a float tensor ``(N, 1, H, W)`` in ``[0, 1]``.
+
+    The same ``seed`` gives the same images: one generator drives all batches in order.
+
+    Args:
+        pipeline: a trained pipeline of this project (``DDPMPipeline``, ``ColdDiffusionPipeline``, ...).
+        num_images: how many images to draw (>= 1).
+        sampler: a sampler of the pipeline's forward process; defaults to the process's default.
+        num_inference_steps: network calls; defaults to the sampler's usual count.
+        seed: seed of the ``torch.Generator`` on the pipeline's device.
+        batch_size: images per network call.
+        show_progress: show the pipeline's progress bar.
+        start_images: for processes that restore: restore these ``(N, 1, H, W)`` images in ``[0, 1]``,
+            degraded to ``t = T``, instead of sampling starts (a conditional start); ``num_images`` must be
+            ``N``.
+
+    Raises:
+        ValueError: if ``num_images`` < 1, or the sampler, step count or start images are not allowed.
+
+    Example:
+        >>> from pipelines import load_pipeline
+        >>> from pipelines.sampling import generate, save_grid
+        >>> pipeline = load_pipeline("outputs/quickstart")  # doctest: +SKIP
+        >>> save_grid(generate(pipeline, 16, "dpmsolver", 25, seed=0), "samples.png")  # doctest: +SKIP
+    """
+    if num_images < 1:
+        raise ValueError(f"num_images={num_images} must be at least 1")
+    process = forward_process(pipeline)
+    if start_images is not None:
+        if not process.restores:
+            raise ValueError(f"start_images need a process that restores images; {process.name} does not")
+        if len(start_images) != num_images:
+            raise ValueError(f"{len(start_images)} start_images given for num_images={num_images}")
+    sampler = sampler or process.default_sampler
+    process.check_sampler(sampler, num_inference_steps)
+    steps = num_inference_steps or process.default_steps(sampler)
+    generator = torch.Generator(device=pipeline.device).manual_seed(seed)
+    pipeline = process.with_sampler(pipeline, sampler)
+    pipeline.set_progress_bar_config(disable=not show_progress)
+    batches = []
+    for start in range(0, num_images, batch_size):
+        count = min(batch_size, num_images - start)
+        extra = {} if start_images is None else {"start_images": start_images[start : start + count]}
+        output = pipeline(
+            batch_size=count, generator=generator, num_inference_steps=steps, output_type="np", **extra
+        )
+        batches.append(torch.from_numpy(output.images).permute(0, 3, 1, 2))
+    return torch.cat(batches).float()
+
+
+def image_grid(images01: torch.Tensor) -> torch.Tensor:
+    """A near-square grid of a ``(N, 1, H, W)`` batch in ``[0, 1]``, with 2-pixel white gutters."""
+    return make_grid(images01, nrow=math.ceil(math.sqrt(len(images01))), padding=2, pad_value=1.0)
+
+
+def save_grid(images01: torch.Tensor, path: str | os.PathLike) -> None:
+    """Save :func:`image_grid` of ``images01`` as a PNG, creating the folder if needed."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_image(image_grid(images01), path)

@@ -1,0 +1,78 @@
+"""Every cold degradation as a forward process: one adapter around any ``ColdDiffusionScheduler``."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from diffusers import DiffusionPipeline
+
+from .cold import ColdDiffusionScheduler
+from .forward_process import ForwardProcess, Loss, Sampler, register_process_type
+
+
+def _with_sampling(sampling: str, scheduler: ColdDiffusionScheduler) -> ColdDiffusionScheduler:
+    """The trained scheduler with another ``sampling`` in its config, keeping its fitted prior."""
+    sampler = type(scheduler).from_config(scheduler.config, sampling=sampling)
+    sampler.prior = scheduler.prior
+    return sampler
+
+
+@register_process_type
+class ColdProcess(ForwardProcess):
+    """A cold degradation ``D(x0, t)``, ``t = 0 .. T``, restored by a network that predicts ``x0``.
+
+    The samplers are Bansal et al.'s Algorithm 2 (``improved``), Algorithm 1 (``naive``) and one restoration
+    step (``direct``); the choice is the scheduler's ``sampling`` config value, so a pipeline samples with
+    the one it was saved with.
+
+    Example:
+        >>> from schedulers import GaussianBlurScheduler, forward_process
+        >>> process = forward_process(GaussianBlurScheduler())
+        >>> process.name, process.default_loss, list(process.samplers)
+        ('blur', 'l1', ['improved', 'naive', 'direct'])
+    """
+
+    scheduler_class = ColdDiffusionScheduler
+    samplers = {
+        "improved": Sampler("Improved (Algorithm 2)", None, partial(_with_sampling, "improved")),
+        "naive": Sampler("Naive (Algorithm 1)", None, partial(_with_sampling, "naive")),
+        "direct": Sampler("Direct (one restoration step)", 1, partial(_with_sampling, "direct")),
+    }
+    default_sampler = "improved"
+    restores = True
+
+    @property
+    def name(self) -> str:
+        return self.scheduler.degradation_name
+
+    @property
+    def default_loss(self) -> Loss:
+        return self.scheduler.default_loss
+
+    @property
+    def timestep_range(self) -> tuple[int, int]:
+        return 0, self.num_train_timesteps
+
+    def training_timesteps(self, batch_size, generator=None, device=None) -> torch.Tensor:
+        return self.scheduler.training_timesteps(batch_size, generator, device)
+
+    def training_example(self, x0, timesteps, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.scheduler.training_example(x0, timesteps, generator)
+
+    def degrade(self, x0, timesteps, generator=None) -> torch.Tensor:
+        return self.scheduler.degrade(x0, timesteps, generator)
+
+    def make_pipeline(self, unet: torch.nn.Module) -> DiffusionPipeline:
+        from pipelines.cold_diffusion import ColdDiffusionPipeline
+
+        return ColdDiffusionPipeline(unet=unet, scheduler=self.scheduler)
+
+    def fit(self, x0_train: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        """Fit the prior over ``D(x, T)`` that unconditional sampling starts from."""
+        self.scheduler.fit_prior(x0_train, generator)
+
+    def describe(self) -> str:
+        return (
+            f"cold diffusion, {self.name} ({type(self.scheduler).__name__}), T = {self.num_train_timesteps}"
+        )

@@ -1,0 +1,84 @@
+"""Gaussian DDPM as a forward process: a stock ``DDPMScheduler`` saved in a stock ``DDPMPipeline`` folder."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMPipeline,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+)
+
+from .forward_process import ForwardProcess, Loss, Sampler, register_process_type
+
+
+def _dpm_solver(scheduler: DDPMScheduler) -> DPMSolverMultistepScheduler:
+    # The SDE form of DPM-Solver++ stays closest to ancestral sampling at few steps; thresholding at 1 clips
+    # each x0 estimate to the pixel range, without which few-step samples of a young model speckle.
+    return DPMSolverMultistepScheduler.from_config(
+        scheduler.config, algorithm_type="sde-dpmsolver++", thresholding=True, sample_max_value=1.0
+    )
+
+
+@register_process_type
+class GaussianProcess(ForwardProcess):
+    """``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` for ``t = 0 .. T-1`` (Ho et al., 2020).
+
+    The network predicts the scheduler's ``prediction_type`` (``epsilon``, ``sample`` or ``v_prediction``);
+    every Diffusers scheduler built ``from_config`` of the trained one samples it, since the betas travel in
+    the config.
+
+    Example:
+        >>> from schedulers import forward_process, ddpm_scheduler
+        >>> process = forward_process(ddpm_scheduler("cosine", num_train_timesteps=100))
+        >>> process.name, process.default_sampler, process.default_steps()
+        ('gaussian', 'dpmsolver', 25)
+    """
+
+    scheduler_class = DDPMScheduler
+    samplers = {
+        "ddpm": Sampler("DDPM (ancestral)", None, lambda s: DDPMScheduler.from_config(s.config)),
+        "ddim": Sampler("DDIM", 50, lambda s: DDIMScheduler.from_config(s.config)),
+        "dpmsolver": Sampler("DPM-Solver++", 25, _dpm_solver),
+    }
+    default_sampler = "dpmsolver"
+
+    @property
+    def name(self) -> str:
+        return "gaussian"
+
+    @property
+    def default_loss(self) -> Loss:
+        return "l2"
+
+    @property
+    def timestep_range(self) -> tuple[int, int]:
+        return 0, self.num_train_timesteps - 1
+
+    def training_timesteps(self, batch_size, generator=None, device=None) -> torch.Tensor:
+        """Uniform in ``[0, T)``."""
+        return torch.randint(0, self.num_train_timesteps, (batch_size,), generator=generator, device=device)
+
+    def training_example(self, x0, timesteps, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x_t, target)``: the target is the noise, ``x0`` or the velocity, per ``prediction_type``."""
+        noise = torch.randn(x0.shape, device=x0.device, generator=generator, dtype=x0.dtype)
+        noisy = self.scheduler.add_noise(x0, noise, timesteps)
+        prediction = self.scheduler.config.prediction_type
+        if prediction == "epsilon":
+            return noisy, noise
+        if prediction == "sample":
+            return noisy, x0
+        return noisy, self.scheduler.get_velocity(x0, noise, timesteps)
+
+    def degrade(self, x0, timesteps, generator=None) -> torch.Tensor:
+        """``x_t`` with fresh noise."""
+        timesteps = torch.as_tensor(timesteps, device=x0.device).long().reshape(-1).expand(x0.shape[0])
+        noise = torch.randn(x0.shape, generator=generator, device=generator.device if generator else None)
+        return self.scheduler.add_noise(x0, noise.to(x0.device, x0.dtype), timesteps)
+
+    def make_pipeline(self, unet: torch.nn.Module) -> DDPMPipeline:
+        return DDPMPipeline(unet=unet, scheduler=self.scheduler)
+
+    def describe(self) -> str:
+        return f"Gaussian DDPM, T = {self.num_train_timesteps} training timesteps"
