@@ -59,6 +59,8 @@ class ForwardProcess(ABC):
     default_sampler: ClassVar[str]
     # Whether the pipeline can restore given images from D(x0, t) (a start timestep, restoration curves).
     restores: ClassVar[bool] = False
+    # The family of processes a subclass answers for, as a Hub tag of their pipelines (model cards).
+    family: ClassVar[str] = "diffusion"
 
     def __init__(self, scheduler: SchedulerMixin):
         self.scheduler = scheduler
@@ -112,6 +114,37 @@ class ForwardProcess(ABC):
         """One line for people: the process, its kind and ``T``."""
         return f"{self.name} ({type(self.scheduler).__name__}), T = {self.num_train_timesteps}"
 
+    # ----- for people: model cards and reports ------------------------------------------------------------
+
+    @property
+    def label(self) -> str:
+        """What people call the process, as a title (``Gaussian DDPM``, ``Cold diffusion (blur)``)."""
+        return self.name
+
+    @property
+    @abstractmethod
+    def stochastic(self) -> bool:
+        """Whether ``D(x0, t)`` is random (a fresh draw per image), not a function of ``x0`` and ``t``."""
+
+    @property
+    @abstractmethod
+    def objective(self) -> str:
+        """What the network is trained to output, for people (Markdown, without the loss)."""
+
+    @abstractmethod
+    def summary(self) -> str:
+        """A Markdown paragraph for people: the process, what the network learns, where sampling starts."""
+
+    def usage(self, repo_id: str) -> str:
+        """Python that draws 16 samples with :attr:`default_sampler` where this project is not installed.
+
+        The model card's usage snippet: the pipeline saved at ``repo_id`` (a Hub id or a folder) is loaded
+        with ``trust_remote_code=True``, which loads the custom classes shipped beside the weights. This
+        default samples with the pipeline's saved scheduler; processes that pick a sampler otherwise override
+        it.
+        """
+        return usage_snippet(repo_id, self.default_steps())
+
     def fit(self, x0_train: torch.Tensor, generator: torch.Generator | None = None) -> None:  # noqa: B027
         """Fit what the process needs from the training data before sampling (nothing by default)."""
 
@@ -138,6 +171,33 @@ class ForwardProcess(ABC):
         self.check_sampler(sampler)
         components = {**pipeline.components, "scheduler": self.samplers[sampler].build(self.scheduler)}
         return type(pipeline)(**components)
+
+
+def usage_snippet(
+    repo_id: str, num_inference_steps: int, imports: str = "", setup: tuple[str, ...] = (), call: str = ""
+) -> str:
+    """A usage snippet (see :meth:`ForwardProcess.usage`): load, ``setup`` lines, then sample and save one.
+
+    Args:
+        repo_id: the Hub id or folder to load.
+        num_inference_steps: the network calls of the sampling run.
+        imports: names imported from ``diffusers`` besides ``DiffusionPipeline`` (``", DDIMScheduler"``).
+        setup: lines run on the loaded ``pipe`` before sampling.
+        call: extra keyword arguments of the pipeline call (``', sampler="naive"'``).
+    """
+    return "\n".join(
+        [
+            "import torch",
+            f"from diffusers import DiffusionPipeline{imports}",
+            "",
+            f'pipe = DiffusionPipeline.from_pretrained("{repo_id}", trust_remote_code=True)',
+            *setup,
+            "generator = torch.Generator().manual_seed(0)",
+            f"images = pipe(batch_size=16, num_inference_steps={num_inference_steps}, "
+            f"generator=generator{call}).images",
+            'images[0].save("sample.png")',
+        ]
+    )
 
 
 # The process families, each answering for its own scheduler class; later entries win for subclasses.

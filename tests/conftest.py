@@ -14,6 +14,20 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 
 
+def _cold_degradations() -> list[str]:
+    from schedulers import FORWARD_PROCESSES, ColdProcess, forward_process
+
+    return sorted(
+        name
+        for name, factory in FORWARD_PROCESSES.items()
+        if isinstance(forward_process(factory()), ColdProcess)
+    )
+
+
+# The registered processes whose scheduler is a cold degradation (everything but Gaussian noise).
+COLD_DEGRADATIONS = _cold_degradations()
+
+
 def run_python(
     *args: str, timeout: float = 600, cwd: Path = PROJECT_ROOT, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from schedulers import DEGRADATIONS, AveragingScheduler, EntropyScaledNoiseScheduler, MorphScheduler
+from schedulers import FORWARD_PROCESSES, AveragingScheduler, EntropyScaledNoiseScheduler, MorphScheduler
 from schedulers.averaging import line_order
+from tests.conftest import COLD_DEGRADATIONS
 
 # Small settings keep every test fast; morph gets synthetic targets instead of Fashion-MNIST.
 SMALL = {
@@ -14,6 +15,7 @@ SMALL = {
     "des": {"num_train_timesteps": 40},
     "blur": {"num_train_timesteps": 8},
 }
+DEGRADATIONS = {name: FORWARD_PROCESSES[name] for name in COLD_DEGRADATIONS}
 NAMES = sorted(DEGRADATIONS)
 
 

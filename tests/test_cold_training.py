@@ -4,17 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-import schedulers
 from pipelines import ColdDiffusionPipeline, load_pipeline
-from tests.conftest import run_python
-from pipelines.sampling import COLD_SAMPLERS, generate
+from pipelines.sampling import generate
+from schedulers import FORWARD_PROCESSES, ColdProcess, forward_process
+from tests.conftest import COLD_DEGRADATIONS, run_python
 from training.train import parse_args, train
 
 # Short processes keep the sample grids and the test fast; the rest are each scheduler's defaults.
 SHORT_T = {"impulse": 10, "morph": 10, "des": 10, "blur": 10, "mask": 10}
 
 
-@pytest.mark.parametrize("degradation", sorted(schedulers.DEGRADATIONS))
+@pytest.mark.parametrize("degradation", COLD_DEGRADATIONS)
 def test_each_degradation_trains_saves_and_samples(degradation, synthetic_mnist, tmp_path):
     output = tmp_path / degradation
     flags = [
@@ -36,16 +36,14 @@ def test_each_degradation_trains_saves_and_samples(degradation, synthetic_mnist,
     assert (output / "samples" / "epoch_000.png").is_file()
     pipeline = load_pipeline(str(output))
     assert isinstance(pipeline, ColdDiffusionPipeline)
-    assert isinstance(
-        pipeline.scheduler,
-        schedulers.DEGRADATIONS[degradation].func
-        if hasattr(schedulers.DEGRADATIONS[degradation], "func")
-        else schedulers.DEGRADATIONS[degradation],
-    )
+    factory = FORWARD_PROCESSES[degradation]
+    assert isinstance(pipeline.scheduler, getattr(factory, "func", factory))
+    # The saved folder names its degradation exactly as --degradation does.
+    assert forward_process(pipeline).name == degradation == pipeline.scheduler.config["_degradation"]
     assert pipeline.unet.config.num_train_timesteps == pipeline.scheduler.config.num_train_timesteps
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(pipeline.unet.state_dict()[name], tensor)
-    for sampler in COLD_SAMPLERS:
+    for sampler in ColdProcess.samplers:
         images = generate(pipeline, 3, sampler, seed=1)
         assert images.shape == (3, 1, 28, 28) and torch.isfinite(images).all()
         assert images.min() >= 0 and images.max() <= 1
@@ -61,9 +59,9 @@ def test_cold_run_from_the_command_line_and_sample_script(synthetic_mnist, tmp_p
     result = run_python("training/train.py", *train_flags)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "FID" in result.stderr
-    for sampler in COLD_SAMPLERS:
+    for sampler in ColdProcess.samplers:
         npy = tmp_path / f"{sampler}.npy"
-        flags = ["--model", str(output), "--num_images", "5", "--scheduler", sampler, "--output", str(npy)]
+        flags = ["--model", str(output), "--num_images", "5", "--sampler", sampler, "--output", str(npy)]
         sample = run_python("scripts/sample.py", *flags)
         assert sample.returncode == 0, sample.stderr[-3000:]
         images = np.load(npy)
@@ -77,16 +75,13 @@ def test_cold_run_from_the_command_line_and_sample_script(synthetic_mnist, tmp_p
         str(output),
         "--num_images",
         "2",
-        "--scheduler",
+        "--sampler",
         "ddim",
         "--output",
         str(tmp_path / "x.png"),
     ]
     wrong = run_python("scripts/sample.py", *flags)
-    assert (
-        wrong.returncode == 2
-        and "sampler 'ddim' is not available for a cold-diffusion pipeline" in wrong.stderr
-    )
+    assert wrong.returncode == 2 and "sampler 'ddim' is not available for the columns process" in wrong.stderr
 
 
 @pytest.mark.parametrize(
@@ -95,6 +90,17 @@ def test_cold_run_from_the_command_line_and_sample_script(synthetic_mnist, tmp_p
         (["--degradation", "rows", "--group_size", "5"], "group_size"),
         (["--degradation", "impulse", "--rho_end", "0.6"], "rho_end"),
         (["--degradation", "rows", "--order", "diagonal"], "diagonal"),
+        # An option of another process would be silently ignored: it is refused instead.
+        (
+            ["--degradation", "rows", "--noise_schedule", "cosine"],
+            "--noise_schedule is an option of gaussian",
+        ),
+        (["--degradation", "blur", "--order", "random"], "--order is an option of rows, columns, mask"),
+        (
+            ["--degradation", "des", "--prediction_type", "sample"],
+            "--prediction_type is an option of gaussian",
+        ),
+        (["--degradation", "blur", "--sampler", "ddim"], "sampler 'ddim' is not available for the blur"),
     ],
 )
 def test_invalid_degradation_options_are_one_line_errors(flags, message, synthetic_mnist, tmp_path):

@@ -13,7 +13,7 @@ from tests.conftest import PROJECT_ROOT, run_python
 
 TINY = [
     "--n_hidden", "8", "8", "--num_train_timesteps", "20", "--train_batch_size", "32",
-    "--num_sample_images", "4", "--sample_scheduler", "ddim", "--sample_inference_steps", "4",
+    "--num_sample_images", "4", "--sampler", "ddim", "--sample_inference_steps", "4",
     "--logging_steps", "1", "--eval_batch_size", "64",
 ]  # fmt: skip
 
@@ -119,7 +119,7 @@ def test_two_cpu_processes_train_data_parallel_with_identical_weights(synthetic_
     [
         (["--noise_schedule", "sigmoid"], "invalid choice: 'sigmoid'"),
         (["--dataset_name", "../no/such/mnist"], "dataset folder '../no/such/mnist' does not exist"),
-        (["--degradation", "fog"], "--degradation 'fog' is not one of gaussian"),
+        (["--degradation", "fog"], "argument --degradation: invalid choice: 'fog'"),
         (["--beta_start", "0.5", "--beta_end", "0.1"], "beta_start=0.5 must be smaller than beta_end=0.1"),
         (["--train_batch_size", "0"], "--train_batch_size must be at least 1, got 0"),
         (["--config", "no_such.yaml"], "config file 'no_such.yaml' does not exist"),
