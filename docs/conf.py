@@ -1,10 +1,6 @@
 """Sphinx configuration for the API documentation (``make docs``)."""
 
-import sys
-from pathlib import Path
-
-# Document the packages from this checkout, whether or not it is installed in the environment.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# The packages are imported from the editable install of this checkout (`make docs` installs it).
 
 project = "mnist-diffusion"
 author = "mnist-diffusion contributors"
