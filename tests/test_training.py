@@ -9,6 +9,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from models import CourseworkCNN
 from tests.conftest import PROJECT_ROOT, run_python
 
 TINY = [
@@ -59,29 +60,40 @@ def test_accelerate_launch_trains_saves_and_loads_in_a_fresh_process(synthetic_m
     assert loaded.stdout.split() == ["DDPMPipeline", "CourseworkCNN", "(2,", "28,", "28,", "1)"]
 
 
-def test_resumed_run_ends_like_an_uninterrupted_one(synthetic_mnist, tmp_path):
-    args = ["--max_train_steps", "12", "--checkpointing_steps", "4", "--checkpoints_total_limit", "5"]
+@pytest.mark.parametrize(
+    "checkpointing_steps, resumed_step",
+    [(4, 8), (3, 9)],
+    ids=["at an epoch boundary", "in the middle of an epoch"],
+)
+def test_resumed_run_ends_like_an_uninterrupted_one(
+    checkpointing_steps, resumed_step, synthetic_mnist, tmp_path
+):
+    args = ["--max_train_steps", "12", "--checkpointing_steps", str(checkpointing_steps)]
+    args += ["--checkpoints_total_limit", "5", "--use_ema"]  # 8 steps an epoch
     full = tmp_path / "full"
     result = run_python("training/train.py", *tiny_run(synthetic_mnist, full, *args))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(p.name for p in full.glob("checkpoint-*")) == [
-        "checkpoint-12",
-        "checkpoint-4",
-        "checkpoint-8",
-    ]
+    expected = {f"checkpoint-{step}" for step in range(checkpointing_steps, 13, checkpointing_steps)}
+    assert {p.name for p in full.glob("checkpoint-*")} == expected
+    # No pickled custom state: the EMA and the noise generator are safetensors.
+    assert not list(full.glob("checkpoint-*/custom_checkpoint_*"))
+    assert (full / f"checkpoint-{resumed_step}" / "noise_generator_0.safetensors").is_file()
 
-    # A run killed after step 10: its last checkpoint is step 8 and its log runs ahead of it.
+    # A run killed two steps after its last checkpoint: its log runs ahead of it, a partial checkpoint lies
+    # beside it.
     killed = tmp_path / "killed"
     (killed / "logs").mkdir(parents=True)
-    shutil.copytree(full / "checkpoint-8", killed / "checkpoint-8")
+    shutil.copytree(full / f"checkpoint-{resumed_step}", killed / f"checkpoint-{resumed_step}")
+    (killed / f".partial-checkpoint-{resumed_step + 2}").mkdir()
     full_log = read_jsonl(full / "logs" / "metrics.jsonl")
-    ahead = [r for r in full_log if r["step"] <= 10]
+    ahead = [r for r in full_log if r["step"] <= resumed_step + 2]
     (killed / "logs" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ahead))
     result = run_python(
         "training/train.py", *tiny_run(synthetic_mnist, killed, *args, "--resume_from_checkpoint", "latest")
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Resumed from" in result.stderr
+    assert not list(killed.glob(".partial-*")), "the stale partial checkpoint was not pruned"
 
     weights = "unet/diffusion_pytorch_model.safetensors"
     full_weights, resumed_weights = load_file(full / weights), load_file(killed / weights)
@@ -94,23 +106,84 @@ def test_resumed_run_ends_like_an_uninterrupted_one(synthetic_mnist, tmp_path):
             "val_loss"
         ) == pytest.approx(expected.get("val_loss"))
 
+    # Resuming the finished run does nothing: no step, no new pipeline, the log as it was.
+    before = (full / weights).stat().st_mtime_ns, (full / "logs" / "metrics.jsonl").read_text()
+    result = run_python(
+        "training/train.py", *tiny_run(synthetic_mnist, full, *args, "--resume_from_checkpoint", "latest")
+    )
+    assert result.returncode == 0 and "has finished (step 12); nothing to do" in result.stderr, result.stderr
+    assert ((full / weights).stat().st_mtime_ns, (full / "logs" / "metrics.jsonl").read_text()) == before
+
+
+def test_a_fresh_run_starts_a_new_log(synthetic_mnist, tmp_path):
+    output = tmp_path / "run"
+    (output / "logs").mkdir(parents=True)
+    (output / "logs" / "metrics.jsonl").write_text(json.dumps({"step": 99, "epoch": 5, "loss": 1.0}) + "\n")
+    result = run_python("training/train.py", *tiny_run(synthetic_mnist, output, "--max_train_steps", "2"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [r["step"] for r in read_jsonl(output / "logs" / "metrics.jsonl") if "loss" in r] == [1, 2]
+
+
+class CreatesAFile:
+    """A pickle that, when unpickled, creates a file: what a crafted checkpoint could hold."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_crafted_pickle_in_a_checkpoint_is_never_executed(synthetic_mnist, tmp_path):
+    output = tmp_path / "run"
+    args = ["--max_train_steps", "2", "--checkpointing_steps", "2", "--use_ema", "--lr_scheduler", "plateau"]
+    result = run_python("training/train.py", *tiny_run(synthetic_mnist, output, *args))
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = output / "checkpoint-2"
+    marker = tmp_path / "pwned"
+    # Where Accelerate keeps custom objects (which it unpickles with weights_only=False) and where it keeps
+    # the optimizer state: neither may run code; the resume stops with one error line instead.
+    for name, payload in (
+        ("custom_checkpoint_0.pkl", CreatesAFile(marker)),
+        ("optimizer.bin", {"state": CreatesAFile(marker)}),
+    ):
+        original = (checkpoint / name).read_bytes() if (checkpoint / name).exists() else None
+        torch.save(payload, checkpoint / name)
+        crafted = run_python(
+            "training/train.py",
+            *tiny_run(synthetic_mnist, output, *args, "--resume_from_checkpoint", "latest"),
+        )
+        assert not marker.exists(), f"{name} ran its code"
+        assert crafted.returncode == 2, crafted.stderr[-3000:]
+        last_line = crafted.stderr.strip().splitlines()[-1]
+        assert last_line.startswith(f"error: checkpoint {checkpoint} could not be loaded"), crafted.stderr[
+            -3000:
+        ]
+        (checkpoint / name).unlink()
+        if original is not None:
+            (checkpoint / name).write_bytes(original)
+
 
 def test_two_cpu_processes_train_data_parallel_with_identical_weights(synthetic_mnist, tmp_path):
     output = tmp_path / "ddp"
     result = accelerate_launch(
         "tests/distributed_train.py",
-        *tiny_run(synthetic_mnist, output, "--max_train_steps", "3"),
+        # With EMA: the final weights are the EMA's, which must be one on every rank too.
+        *tiny_run(synthetic_mnist, output, "--max_train_steps", "3", "--use_ema"),
         processes=2,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 processes" in result.stderr
     rank0, rank1 = load_file(output / "rank0.safetensors"), load_file(output / "rank1.safetensors")
-    final_checkpoint = load_file(output / "checkpoint-3" / "model.safetensors")
     assert rank0.keys() == rank1.keys()
     for name in rank0:
         torch.testing.assert_close(rank0[name], rank1[name], rtol=0, atol=0)
-    for name in rank0:  # the last checkpoint (saved by rank 0) holds the same final weights
-        torch.testing.assert_close(final_checkpoint[name], rank0[name], rtol=0, atol=0)
+    # The last checkpoint (saved by rank 0) holds the same EMA, in the order of the model's parameters.
+    ema = load_file(output / "checkpoint-3" / "ema.safetensors")
+    names = [name for name, _ in CourseworkCNN.from_pretrained(output / "unet").named_parameters()]
+    assert len(ema) == len(names)
+    for index, name in enumerate(names):
+        torch.testing.assert_close(ema[str(index)], rank0[name], rtol=0, atol=0)
     assert (output / "model_index.json").is_file()
 
 

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import shutil
 import sys
 import time
@@ -32,6 +33,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from huggingface_hub import get_token
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
@@ -45,6 +47,11 @@ from training.objective import compute_loss, held_out_losses, training_batch
 logger = get_logger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint-"
+PARTIAL_PREFIX = f".partial-{CHECKPOINT_PREFIX}"
+# What a checkpoint holds beside Accelerate's own files, written without pickles (see Trainer.save_state).
+EMA_WEIGHTS_FILE = "ema.safetensors"
+TRAINING_STATE_FILE = "training_state.json"
+NOISE_GENERATOR_FILE = "noise_generator_{}.safetensors"
 
 
 def process_options(registry: Mapping[str, Any] = FORWARD_PROCESSES) -> dict[str, dict[str, Any]]:
@@ -209,46 +216,70 @@ def _parse_bool(text: str) -> bool:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse flags over the defaults of ``--config``; raises ``ValueError`` on an invalid combination."""
+    """Parse flags over the values of ``--config``; raises ``ValueError`` on an invalid combination.
+
+    The YAML values are turned into flags and parsed by the same parser, before the command line (whose
+    flags win), so they get the same types, choices and error messages.
+    """
     parser = build_parser()
     known, _ = parser.parse_known_args(argv)
-    if known.config:
-        parser.set_defaults(**_read_config(known.config, parser))
-    args = parser.parse_args(argv)
+    config_argv = _config_argv(known.config, parser) if known.config else []
+    args = parser.parse_args([*config_argv, *(sys.argv[1:] if argv is None else argv)])
     _validate(args)
     return args
 
 
-def _read_config(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
-    if not os.path.isfile(path):
-        raise ValueError(f"config file {path!r} does not exist")
-    with open(path) as handle:
-        values = yaml.safe_load(handle) or {}
+def _config_argv(path: str, parser: argparse.ArgumentParser) -> list[str]:
+    """The flags that the YAML mapping at ``path`` stands for (``key: value`` -> ``--key value``)."""
+    try:
+        with open(path) as handle:
+            values = yaml.safe_load(handle) or {}
+    except FileNotFoundError:
+        raise ValueError(f"config file {path!r} does not exist") from None
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(
+            f"config file {path!r} is not readable YAML: {' '.join(str(error).split())}"
+        ) from None
     if not isinstance(values, dict):
         raise ValueError(f"config file {path!r} must hold a mapping of flag names to values")
-    known = {action.dest for action in parser._actions}
-    unknown = sorted(set(values) - known)
+    actions = {action.dest: action for action in parser._actions}
+    unknown = sorted(set(values) - set(actions) | ({"config"} & set(values)))
     if unknown:
         raise ValueError(f"config file {path!r} has unknown keys {unknown}; allowed keys are the flag names")
-    return values
+    argv = []
+    for key, value in values.items():
+        if isinstance(actions[key], argparse._StoreTrueAction):
+            if not isinstance(value, bool):
+                raise ValueError(f"config file {path!r}: {key} must be true or false, got {value!r}")
+            argv += [f"--{key}"] if value else []
+        elif value is not None:
+            argv += [f"--{key}", *(map(str, value) if isinstance(value, list) else [str(value)])]
+    return argv
 
 
 def _validate(args: argparse.Namespace) -> None:
     # Building the process checks its options; the sampler must be one of its own.
     process = make_process(args)
-    if args.sampler is not None:
-        process.check_sampler(args.sampler, args.sample_inference_steps)
+    process.check_sampler(args.sampler or process.default_sampler, args.sample_inference_steps)
     for name in (
         "train_batch_size",
+        "eval_batch_size",
         "num_epochs",
         "logging_steps",
         "save_images_epochs",
+        "num_sample_images",
         "checkpointing_steps",
     ):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    if args.max_train_steps is not None and args.max_train_steps < 1:
-        raise ValueError(f"--max_train_steps must be at least 1, got {args.max_train_steps}")
+    for name in ("max_train_steps", "max_train_samples", "num_validation_images", "num_threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.seed < 0 or args.checkpoints_total_limit < 1:
+        raise ValueError(
+            f"--seed must be >= 0 and --checkpoints_total_limit >= 1, got {args.seed} and "
+            f"{args.checkpoints_total_limit}"
+        )
     if args.learning_rate <= 0:
         raise ValueError(f"--learning_rate must be positive, got {args.learning_rate}")
     if args.eval_epochs is not None and (args.eval_epochs < 1 or args.eval_num_images < 2):
@@ -316,16 +347,17 @@ def _checkpoints(output_dir: str) -> list[Path]:
 def save_checkpoint(accelerator: Accelerator, output_dir: str, step: int, total_limit: int | None) -> None:
     """``accelerator.save_state`` into a temporary folder renamed into place, then prune old ones."""
     final = Path(output_dir, f"{CHECKPOINT_PREFIX}{step}")
-    partial = Path(output_dir, f".partial-{CHECKPOINT_PREFIX}{step}")
+    partial = Path(output_dir, f"{PARTIAL_PREFIX}{step}")
     accelerator.save_state(str(partial))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial, final)
-        if total_limit is not None:
-            for old in _checkpoints(output_dir)[:-total_limit]:
-                shutil.rmtree(old)
+        # Older checkpoints past the limit, and partial ones a killed run left behind.
+        stale = [*_checkpoints(output_dir)[:-total_limit], *Path(output_dir).glob(f"{PARTIAL_PREFIX}*")]
+        for old in stale:
+            shutil.rmtree(old)
     accelerator.wait_for_everyone()
 
 
@@ -335,6 +367,11 @@ class MetricsLog:
     def __init__(self, path: Path, enabled: bool):
         self.path = path
         self.enabled = enabled
+
+    def clear(self) -> None:
+        """Start an empty log (a new run in a folder that holds an older run's log)."""
+        if self.enabled and self.path.exists():
+            self.path.unlink()
 
     def truncate_after(self, step: int) -> None:
         """Drop records logged after ``step`` by a run that was stopped after its last checkpoint."""
@@ -372,8 +409,13 @@ class Trainer:
         )
         accelerator = self.accelerator
         logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
-        # A different seed per process: the ranks must not draw the same noise for their different images.
-        set_seed(args.seed, device_specific=True)
+        set_seed(args.seed)
+        # The training noise and timesteps have a generator of their own, saved with each checkpoint, so a
+        # resumed run draws exactly what the uninterrupted one would have; its seed differs per process, as
+        # the ranks must not draw the same noise for their different images.
+        self.noise_generator = torch.Generator(accelerator.device).manual_seed(
+            args.seed + 1 + accelerator.process_index
+        )
 
         self.process = make_process(args)
         if args.loss is None:
@@ -402,11 +444,6 @@ class Trainer:
         model = make_model(args, self.process.num_train_timesteps)
         self.memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
         model = model.to(memory_format=self.memory_format)
-        self.ema_model = (
-            EMAModel(model.parameters(), decay=args.ema_max_decay, use_ema_warmup=True)
-            if args.use_ema
-            else None
-        )
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=args.learning_rate, weight_decay=args.adam_weight_decay, foreach=True
         )
@@ -419,7 +456,6 @@ class Trainer:
         if args.lr_scheduler == "plateau":
             # Stepped once per epoch on the validation loss, outside Accelerate's per-process stepping.
             self.lr_scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=2)
-            accelerator.register_for_checkpointing(self.lr_scheduler)
         else:
             self.lr_scheduler = accelerator.prepare(
                 get_scheduler(
@@ -429,9 +465,20 @@ class Trainer:
                     num_training_steps=self.max_train_steps * accelerator.num_processes,
                 )
             )
+        # Built from the prepared model, whose weights are rank 0's on every process: one EMA everywhere.
+        unwrapped = accelerator.unwrap_model(self.model)
+        self.ema_model = (
+            EMAModel(unwrapped.parameters(), decay=args.ema_max_decay, use_ema_warmup=True)
+            if args.use_ema
+            else None
+        )
         if self.ema_model is not None:
             self.ema_model.to(accelerator.device)
-            accelerator.register_for_checkpointing(self.ema_model)
+        # Accelerate would pickle custom objects into its checkpoint (and unpickle them, running any code a
+        # crafted file holds); the EMA, the plateau scheduler and the noise generator are saved as
+        # safetensors and JSON by these hooks instead.
+        accelerator.register_save_state_pre_hook(self.save_state)
+        accelerator.register_load_state_pre_hook(self.load_state)
 
         self.metrics_log = MetricsLog(self.output_dir / "logs" / "metrics.jsonl", accelerator.is_main_process)
         if accelerator.is_main_process:
@@ -444,6 +491,39 @@ class Trainer:
         self.global_step = 0
         self.evaluator = None
 
+    def save_state(self, models: list, weights: list, folder: str) -> None:
+        """Accelerate's save-state hook: the trainer's own state, as safetensors and JSON (no pickles)."""
+        folder = Path(folder)
+        noise_state = {"state": self.noise_generator.get_state()}
+        save_file(noise_state, folder / NOISE_GENERATOR_FILE.format(self.accelerator.process_index))
+        if not self.accelerator.is_main_process:
+            return
+        state = {}
+        if self.ema_model is not None:
+            ema = self.ema_model.state_dict()
+            shadow = {
+                str(index): tensor.contiguous() for index, tensor in enumerate(ema.pop("shadow_params"))
+            }
+            save_file(shadow, folder / EMA_WEIGHTS_FILE)
+            state["ema"] = ema
+        if self.args.lr_scheduler == "plateau":
+            state["plateau"] = self.lr_scheduler.state_dict()
+        (folder / TRAINING_STATE_FILE).write_text(json.dumps(state))
+
+    def load_state(self, models: list, folder: str) -> None:
+        """Accelerate's load-state hook: the inverse of :meth:`save_state`, without unpickling anything."""
+        folder = Path(folder)
+        noise_file = folder / NOISE_GENERATOR_FILE.format(self.accelerator.process_index)
+        self.noise_generator.set_state(load_file(noise_file)["state"])
+        state = json.loads((folder / TRAINING_STATE_FILE).read_text())
+        if self.ema_model is not None:
+            shadow = load_file(folder / EMA_WEIGHTS_FILE, device=str(self.accelerator.device))
+            self.ema_model.load_state_dict(
+                {**state["ema"], "shadow_params": [shadow[str(index)] for index in range(len(shadow))]}
+            )
+        if "plateau" in state:
+            self.lr_scheduler.load_state_dict(state["plateau"])
+
     def resume(self) -> None:
         """Load ``--resume_from_checkpoint`` (``latest`` or a folder) if one exists."""
         args = self.args
@@ -451,11 +531,17 @@ class Trainer:
             checkpoints = _checkpoints(args.output_dir)
             if not checkpoints:
                 logger.info("No checkpoint in %s; starting a new run.", args.output_dir)
+                self.metrics_log.clear()
                 return
             path = checkpoints[-1]
         else:
             path = Path(args.resume_from_checkpoint)
-        self.accelerator.load_state(str(path))
+        try:
+            self.accelerator.load_state(str(path))
+        except (OSError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError) as error:
+            # torch refuses a pickle that would build arbitrary objects; so does a truncated or foreign file.
+            reason = " ".join(str(error).split())[:300]
+            raise ValueError(f"checkpoint {path} could not be loaded: {reason}") from error
         self.global_step = int(path.name[len(CHECKPOINT_PREFIX) :])
         self.metrics_log.truncate_after(self.global_step)
         logger.info("Resumed from %s at step %d.", path, self.global_step)
@@ -465,6 +551,14 @@ class Trainer:
         args, accelerator = self.args, self.accelerator
         if args.resume_from_checkpoint:
             self.resume()
+        else:
+            self.metrics_log.clear()
+        if self.global_step >= self.max_train_steps and (self.output_dir / "model_index.json").is_file():
+            logger.info(
+                "The run in %s has finished (step %d); nothing to do.", args.output_dir, self.global_step
+            )
+            accelerator.end_training()
+            return accelerator.unwrap_model(self.model)
         first_epoch, resume_batch = divmod(self.global_step, self.steps_per_epoch)
         num_epochs = math.ceil(self.max_train_steps / self.steps_per_epoch)
         logger.info(
@@ -504,7 +598,9 @@ class Trainer:
             time.perf_counter(),
         )
         for (images,) in batches:
-            model_input, timesteps, target = training_batch(self.process, to_model_range(images))
+            model_input, timesteps, target = training_batch(
+                self.process, to_model_range(images), self.noise_generator
+            )
             model_input = model_input.contiguous(memory_format=self.memory_format)
             with accelerator.autocast():
                 prediction = model(model_input, timesteps).sample
