@@ -1,8 +1,10 @@
 """The Gradio demo: sample any saved pipeline of the project, watch its reverse process, restore a digit.
 
 ``scripts/demo.py`` is the command-line front end. Like sampling and evaluation, the demo starts from saved
-pipeline folders (or Hub ids) loaded with :func:`pipelines.load_pipeline`, and draws samples with
-:func:`pipelines.sampling.generate`.
+pipeline folders (or Hub ids) loaded with :func:`pipelines.load_pipeline`, and asks each pipeline's forward
+process (:func:`schedulers.forward_process`) for its samplers, step counts, degradation and whether it
+restores images. It samples as :func:`pipelines.sampling.generate` does (the same seed gives the same
+images) and records the reverse process with the pipelines' ``callback_on_step_end``.
 """
 
 from __future__ import annotations
@@ -10,10 +12,7 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import gradio as gr
 import numpy as np
@@ -22,16 +21,9 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 
 from pipelines import load_pipeline
+from pipelines.sampling import image_grid
+from schedulers import ForwardProcess, forward_process
 from training.data import LOCAL_MNIST, load_split, to_model_range, to_unit_range
-from pipelines.sampling import (
-    check_sampling_args,
-    default_sampler,
-    default_steps,
-    generate,
-    image_grid,
-    is_gaussian,
-    samplers_for,
-)
 
 DEFAULT_MODEL = "outputs/quickstart"
 TRAIN_COMMAND = "accelerate launch training/train.py --config training/configs/quickstart.yaml"
@@ -44,17 +36,8 @@ MAX_SEED = 2**32 - 1
 MAX_GIF_FRAMES = 30
 # 28x28 digits are upscaled with nearest-neighbour so that the browser shows crisp pixels, not a blur.
 DISPLAY_SCALE = 4
-SAMPLER_LABELS = {
-    "ddpm": "DDPM (ancestral)",
-    "ddim": "DDIM",
-    "dpmsolver": "DPM-Solver++",
-    "improved": "Improved (Algorithm 2)",
-    "naive": "Naive (Algorithm 1)",
-    "direct": "Direct",
-}
 # Gradio injects a progress tracker into handlers with this default; it follows the pipelines' tqdm bars.
 TRACK_TQDM = gr.Progress(track_tqdm=True)
-# Default steps for the fast Gaussian samplers; every other sampler defaults to all T steps.
 
 
 class ModelStore:
@@ -88,10 +71,13 @@ class ModelStore:
 
 
 def describe(name: str, pipeline: DiffusionPipeline) -> str:
-    """One Markdown line about a loaded pipeline: its kind, degradation and ``T``."""
-    scheduler = pipeline.scheduler
-    kind = "Gaussian DDPM" if is_gaussian(pipeline) else f"cold diffusion, `{type(scheduler).__name__}`"
-    return f"**{name}**: {kind}, T = {scheduler.config.num_train_timesteps} training timesteps"
+    """One Markdown line about a loaded pipeline: its forward process and ``T``."""
+    return f"**{name}**: {forward_process(pipeline).describe()}"
+
+
+def sampler_choices(process: ForwardProcess) -> list[tuple[str, str]]:
+    """``(label, name)`` of each sampler of the process, for the sampler radio buttons."""
+    return [(sampler.label, name) for name, sampler in process.samplers.items()]
 
 
 def check_int(label: str, value: float | None, low: int, high: int) -> int:
@@ -107,24 +93,6 @@ def check_int(label: str, value: float | None, low: int, high: int) -> int:
     return int(value)
 
 
-@contextmanager
-def record_model_inputs(model: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Collect the sample given to each call of ``model``: the reverse process ``x_T, ..., x_1``.
-
-    The pipelines expose no per-step callback, and a forward pre-hook sees every model input of any of them.
-    """
-    inputs: list[torch.Tensor] = []
-
-    def hook(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        inputs.append((kwargs["sample"] if "sample" in kwargs else args[0]).detach().cpu())
-
-    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        yield inputs
-    finally:
-        handle.remove()
-
-
 def to_pil(images01: torch.Tensor) -> Image.Image:
     """A ``(N, 1, H, W)`` batch in ``[0, 1]`` as one upscaled greyscale grid."""
     grid = image_grid(images01)
@@ -133,14 +101,56 @@ def to_pil(images01: torch.Tensor) -> Image.Image:
     return image.resize((image.width * DISPLAY_SCALE, image.height * DISPLAY_SCALE), Image.Resampling.NEAREST)
 
 
-def reverse_process_gif(model_inputs: list[torch.Tensor], final01: torch.Tensor) -> str:
+class FrameRecorder:
+    """A ``callback_on_step_end`` that keeps the sample after every step, in ``[0, 1]`` on the CPU."""
+
+    tensor_inputs = ["latents"]
+
+    def __init__(self) -> None:
+        self.frames: list[torch.Tensor] = []
+
+    def __call__(self, pipeline, step_index: int, timestep, callback_kwargs: dict) -> dict:
+        self.frames.append(to_unit_range(callback_kwargs["latents"].detach().float().cpu()))
+        return callback_kwargs
+
+
+def run_pipeline(
+    pipeline: DiffusionPipeline, sampler: str, steps: int, seed: int, num_images: int, **call_kwargs
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Run ``pipeline`` with ``sampler`` as :func:`~pipelines.sampling.generate` does, recording each step.
+
+    Args:
+        pipeline: a trained pipeline of the project.
+        sampler: a sampler of its forward process.
+        steps: network calls of a run from ``T``.
+        seed: seed of the generator on the pipeline's device (the same images as ``generate``).
+        num_images: how many images (one batch).
+        **call_kwargs: further pipeline arguments (``start_images``, ``start_timestep``).
+
+    Returns:
+        The images ``(N, 1, H, W)`` in ``[0, 1]`` and the sample after each step, in ``[0, 1]``.
+    """
+    sampling = forward_process(pipeline).with_sampler(pipeline, sampler)
+    sampling.set_progress_bar_config(disable=False)
+    recorder = FrameRecorder()
+    output = sampling(
+        batch_size=num_images,
+        generator=torch.Generator(device=pipeline.device).manual_seed(seed),
+        num_inference_steps=steps,
+        output_type="pt",
+        callback_on_step_end=recorder,
+        callback_on_step_end_tensor_inputs=FrameRecorder.tensor_inputs,
+        **call_kwargs,
+    )
+    return output.images.float().cpu(), recorder.frames
+
+
+def reverse_process_gif(frames: list[torch.Tensor]) -> str:
     """Write the reverse process as an animated GIF of image grids; returns its path.
 
     Args:
-        model_inputs: the model-space samples of each step (see :func:`record_model_inputs`).
-        final01: the final images in ``[0, 1]``.
+        frames: batches ``(N, 1, H, W)`` in ``[0, 1]``, from the start (or the first step) to the result.
     """
-    frames = [to_unit_range(sample) for sample in model_inputs] + [final01]
     picked = sorted(
         set(np.linspace(0, len(frames) - 1, min(len(frames), MAX_GIF_FRAMES)).round().astype(int))
     )
@@ -186,25 +196,38 @@ def sample_images(
     Raises:
         ValueError: on a bad number of images, steps, seed or sampler.
     """
-    num_train_timesteps = pipeline.scheduler.config.num_train_timesteps
+    process = forward_process(pipeline)
     num_images = check_int("Number of images", num_images, 1, MAX_IMAGES)
-    steps = check_int("Steps", steps, 1, num_train_timesteps)
+    steps = check_int("Steps", steps, 1, process.num_train_timesteps)
     seed = check_int("Seed", seed, 0, MAX_SEED)
-    check_sampling_args(pipeline, sampler, steps)
+    process.check_sampler(sampler, steps)
     start = time.perf_counter()
-    with record_model_inputs(pipeline.unet) as inputs:
-        images = generate(pipeline, num_images, sampler, steps, seed, show_progress=True)
+    images, frames = run_pipeline(pipeline, sampler, steps, seed, num_images)
     elapsed = time.perf_counter() - start
-    gif = reverse_process_gif(inputs, images)
-    report = f"{num_images} image(s), {SAMPLER_LABELS[sampler]}, {steps} steps: **{elapsed:.2f} s**"
-    return [to_pil(image[None]) for image in images], gif, report
+    label = process.samplers[sampler].label
+    report = f"{num_images} image(s), {label}, {steps} steps: **{elapsed:.2f} s**"
+    return [to_pil(image[None]) for image in images], reverse_process_gif(frames), report
 
 
-def degrade_digit(pipeline: DiffusionPipeline, digit: np.ndarray, timestep: int) -> Image.Image:
-    """The digit degraded to ``timestep`` by a cold pipeline's scheduler (fixed seed: a stable slider)."""
+def degraded_start(pipeline: DiffusionPipeline, x0: torch.Tensor, timestep: int, seed: int) -> torch.Tensor:
+    """``D(x0, t)`` drawn as a restoring run with ``seed`` draws its start (the preview shows that start)."""
+    generator = torch.Generator(device=pipeline.device).manual_seed(seed)
+    return forward_process(pipeline).degrade(x0.to(pipeline.device), timestep, generator).cpu()
+
+
+def degrade_digit(
+    pipeline: DiffusionPipeline, digit: np.ndarray, timestep: int, seed: float | None
+) -> Image.Image:
+    """The digit degraded to ``timestep`` by the pipeline's forward process, with the restore's draw.
+
+    Raises:
+        ValueError: on a bad timestep or seed.
+    """
+    first, last = forward_process(pipeline).timestep_range
+    timestep = check_int("Degradation t", timestep, first, last)
+    seed = check_int("Seed", seed, 0, MAX_SEED)
     x0 = to_model_range(prepare_digit(digit, pipeline.unet.config.sample_size))
-    degraded = pipeline.scheduler.degrade(x0, timestep, generator=torch.Generator().manual_seed(0))
-    return to_pil(to_unit_range(degraded))
+    return to_pil(to_unit_range(degraded_start(pipeline, x0, timestep, seed)))
 
 
 def restore_digit(
@@ -212,46 +235,49 @@ def restore_digit(
     sampler: str,
     steps: float | None,
     digit: np.ndarray | None,
+    timestep: float | None,
     seed: float | None,
 ) -> tuple[list[tuple[Image.Image, str]], str, str]:
-    """Degrade a digit fully (``t = T``) and run the cold reverse process from it.
+    """Degrade a digit to ``timestep`` and restore it through the pipeline's start timestep.
+
+    The run steps from ``timestep``, then from each timestep of the ``steps``-step grid below it.
 
     Returns:
         The original, degraded and restored digits with captions, the reverse-process GIF and the time taken.
 
     Raises:
-        ValueError: for a Gaussian pipeline, a missing digit, or bad steps, seed or sampler.
+        ValueError: for a process that does not restore images, a missing digit, or a bad timestep, steps,
+            seed or sampler.
     """
-    if is_gaussian(pipeline):
-        raise ValueError("restoring a digit needs a cold-diffusion model; this one is Gaussian")
+    process = forward_process(pipeline)
+    if not process.restores:
+        raise ValueError(
+            f"restoring a digit needs a model whose process restores images; {process.name} does not"
+        )
     if digit is None:
         raise ValueError("upload a digit or pick a test digit first")
-    num_train_timesteps = pipeline.scheduler.config.num_train_timesteps
-    steps = check_int("Steps", steps, 1, num_train_timesteps)
+    first, last = process.timestep_range
+    timestep = check_int("Degradation t", timestep, first + 1, last)
+    steps = check_int("Steps", steps, 1, process.num_train_timesteps)
     seed = check_int("Seed", seed, 0, MAX_SEED)
-    check_sampling_args(pipeline, sampler, steps)
-    x0 = to_model_range(prepare_digit(digit, pipeline.unet.config.sample_size))
-    generator = torch.Generator().manual_seed(seed)
-    degraded = pipeline.scheduler.degrade(x0, num_train_timesteps, generator=generator)
+    process.check_sampler(sampler, steps)
+    clean = prepare_digit(digit, pipeline.unet.config.sample_size)
+    x0 = to_model_range(clean)
+    degraded = to_unit_range(degraded_start(pipeline, x0, timestep, seed))
     start = time.perf_counter()
-    with record_model_inputs(pipeline.unet) as inputs:
-        output = pipeline(
-            batch_size=1,
-            num_inference_steps=steps,
-            generator=generator,
-            start_images=degraded,
-            sampling=sampler,
-            output_type="pt",
-        )
+    restored, frames = run_pipeline(
+        pipeline, sampler, steps, seed, 1, start_images=to_unit_range(x0), start_timestep=timestep
+    )
     elapsed = time.perf_counter() - start
-    restored = output.images.cpu()
+    label = process.samplers[sampler].label
     gallery = [
         (to_pil(to_unit_range(x0)), "original"),
-        (to_pil(to_unit_range(degraded)), f"degraded, t = {num_train_timesteps}"),
-        (to_pil(restored), f"restored ({SAMPLER_LABELS[sampler]})"),
+        (to_pil(degraded), f"degraded, t = {timestep}"),
+        (to_pil(restored), f"restored ({label})"),
     ]
-    report = f"restored in {steps} steps, {SAMPLER_LABELS[sampler]}: **{elapsed:.2f} s**"
-    return gallery, reverse_process_gif(inputs, restored), report
+    calls = len(frames)
+    report = f"restored from t = {timestep} in {calls} network call(s), {label}: **{elapsed:.2f} s**"
+    return gallery, reverse_process_gif([degraded, *frames]), report
 
 
 def build_demo(
@@ -271,10 +297,11 @@ def build_demo(
     except ValueError as error:
         first = None
         notice = f"⚠️ {error}. You can also type a saved pipeline folder or a Hub id in **Model**."
-    samplers = samplers_for(first) if first else ()
-    sampler = default_sampler(first) if first else None
-    cold = first is not None and not is_gaussian(first)
-    num_train_timesteps = first.scheduler.config.num_train_timesteps if first else 1000
+    process = forward_process(first) if first else None
+    sampler = process.default_sampler if process else None
+    restores = process is not None and process.restores
+    num_train_timesteps = process.num_train_timesteps if process else 1000
+    first_t, last_t = process.timestep_range if process else (0, num_train_timesteps)
     test_digits = load_test_digits(test_data)
 
     with gr.Blocks(title="MNIST diffusion demo") as demo:
@@ -295,10 +322,10 @@ def build_demo(
                 )
                 about = gr.Markdown(describe(models[0], first) if first else "")
                 sampler_choice = gr.Radio(
-                    [(SAMPLER_LABELS[name], name) for name in samplers], value=sampler, label="Sampler"
+                    sampler_choices(process) if process else [], value=sampler, label="Sampler"
                 )
                 steps = gr.Number(
-                    default_steps(first, sampler) if first else 25,
+                    process.default_steps(sampler) if process else 25,
                     label="Steps",
                     info=f"1 to {num_train_timesteps}",
                     precision=0,
@@ -313,11 +340,9 @@ def build_demo(
                 gallery = gr.Gallery(
                     label="Samples", columns=6, height="auto", object_fit="contain", elem_id="samples"
                 )
-                process = gr.Image(label="Reverse process", type="filepath", height=360, elem_id="process")
+                animation = gr.Image(label="Reverse process", type="filepath", height=360, elem_id="process")
                 timing = gr.Markdown(elem_id="timing")
-        with gr.Accordion(
-            "Cold diffusion: degrade and restore a digit", open=True, visible=cold
-        ) as cold_panel:
+        with gr.Accordion("Degrade and restore a digit", open=True, visible=restores) as restore_panel:
             with gr.Row():
                 digit = gr.Image(
                     label="Digit (upload, or pick below)",
@@ -325,13 +350,21 @@ def build_demo(
                     image_mode="L",
                     sources=["upload", "clipboard"],
                     height=200,
+                    elem_id="digit",
                 )
                 with gr.Column():
                     timestep = gr.Slider(
-                        0, num_train_timesteps, value=num_train_timesteps // 2, step=1, label="Degradation t"
+                        first_t,
+                        last_t,
+                        value=(first_t + last_t + 1) // 2,
+                        step=1,
+                        label="Degradation t",
+                        elem_id="degradation-t",
                     )
-                    degraded = gr.Image(label="Degraded at t", interactive=False, height=200)
-                restore_button = gr.Button("Restore from t = T")
+                    degraded = gr.Image(
+                        label="Degraded at t", interactive=False, height=200, elem_id="degraded"
+                    )
+                restore_button = gr.Button("Restore from t", elem_id="restore")
             picker = gr.Gallery(
                 [Image.fromarray(image) for image in test_digits],
                 label="Test digits (click one)",
@@ -339,61 +372,66 @@ def build_demo(
                 height=140,
                 allow_preview=False,
                 visible=bool(test_digits),
+                elem_id="test-digits",
             )
 
         def select_model(name: str):
             pipeline = _loaded(store, name)
-            names = samplers_for(pipeline)
-            limit = pipeline.scheduler.config.num_train_timesteps
-            sampler = default_sampler(pipeline)
+            process = forward_process(pipeline)
+            low, high = process.timestep_range
             return (
                 describe(name, pipeline),
-                gr.Radio(choices=[(SAMPLER_LABELS[n], n) for n in names], value=sampler),
-                gr.Number(value=default_steps(pipeline, sampler), info=f"1 to {limit}"),
-                gr.Accordion(visible=not is_gaussian(pipeline)),
-                gr.Slider(maximum=limit, value=limit // 2),
+                gr.Radio(choices=sampler_choices(process), value=process.default_sampler),
+                gr.Number(value=process.default_steps(), info=f"1 to {process.num_train_timesteps}"),
+                gr.Accordion(visible=process.restores),
+                gr.Slider(minimum=low, maximum=high, value=(low + high + 1) // 2),
             )
 
         def select_sampler(name: str, sampler_name: str | None):
-            return default_steps(_loaded(store, name), sampler_name) if sampler_name else gr.Number()
+            if not sampler_name:
+                return gr.Number()
+            return forward_process(_loaded(store, name)).default_steps(sampler_name)
 
         def run_sampling(name, sampler_name, steps_value, count, seed_value, progress=TRACK_TQDM):
             return _as_page_error(
                 sample_images, _loaded(store, name), sampler_name, steps_value, count, seed_value
             )
 
-        def run_restore(name, sampler_name, steps_value, image, seed_value, progress=TRACK_TQDM):
+        def run_restore(name, sampler_name, steps_value, image, t, seed_value, progress=TRACK_TQDM):
             return _as_page_error(
-                restore_digit, _loaded(store, name), sampler_name, steps_value, image, seed_value
+                restore_digit, _loaded(store, name), sampler_name, steps_value, image, t, seed_value
             )
 
-        def preview(name, image, t):
+        def preview(name, image, t, seed_value):
             if image is None:
                 return None
-            return _as_page_error(degrade_digit, _loaded(store, name), image, int(t))
+            return _as_page_error(degrade_digit, _loaded(store, name), image, t, seed_value)
 
         def pick(event: gr.SelectData):
             return to_pil(torch.from_numpy(test_digits[event.index])[None, None] / 255.0)
 
         model.change(
-            select_model, model, [about, sampler_choice, steps, cold_panel, timestep], show_progress="minimal"
+            select_model,
+            model,
+            [about, sampler_choice, steps, restore_panel, timestep],
+            show_progress="minimal",
         )
         sampler_choice.input(select_sampler, [model, sampler_choice], steps)
-        # One queue for everything that runs the network: the frame recorder hooks the shared model.
+        # One queue for everything that runs the network: runs share the loaded networks and the CPU.
         generate_button.click(
             run_sampling,
             [model, sampler_choice, steps, num_images, seed],
-            [gallery, process, timing],
+            [gallery, animation, timing],
             concurrency_id="sampling",
         )
         restore_button.click(
             run_restore,
-            [model, sampler_choice, steps, digit, seed],
-            [gallery, process, timing],
+            [model, sampler_choice, steps, digit, timestep, seed],
+            [gallery, animation, timing],
             concurrency_id="sampling",
         )
         picker.select(pick, None, digit)
-        gr.on([digit.change, timestep.release], preview, [model, digit, timestep], degraded)
+        gr.on([digit.change, timestep.release, seed.blur], preview, [model, digit, timestep, seed], degraded)
     return demo
 
 

@@ -32,20 +32,13 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
+from evaluation.metrics import SampleQuality
 from pipelines import load_pipeline
-from training.data import to_model_range, uint8_to_unit_range
-from evaluation.metrics import sample_quality
 from pipelines.sampling import generate
-from training.train import (
-    Trainer,
-    compute_loss,
-    held_out_losses,
-    make_model,
-    make_scheduler,
-    parse_args,
-    train,
-    training_pair,
-)
+from schedulers import ForwardProcess, forward_process
+from training.data import to_model_range, uint8_to_unit_range
+from training.objective import compute_loss, held_out_losses, training_batch
+from training.train import Trainer, make_model, make_process, parse_args, train
 
 SAMPLERS: tuple[tuple[str, int], ...] = (
     ("ddpm", 1000),
@@ -102,11 +95,13 @@ def matmul_gflops(size: int = 1024, repeats: int = 10) -> float:
     return 2 * size**3 / statistics.median(timings) / 1e9
 
 
-def training_flops_per_image(network: torch.nn.Module, scheduler, images: torch.Tensor) -> float:
+def training_flops_per_image(
+    network: torch.nn.Module, process: ForwardProcess, images: torch.Tensor
+) -> float:
     """Floating-point operations of one training step (forward and backward) per image of ``images``."""
-    model_input, timesteps, target = training_pair(scheduler, images)
+    model_input, timesteps, target = training_batch(process, images)
     with FlopCounterMode(display=False) as counter:
-        compute_loss(network(model_input, timesteps).sample, target, "l2").backward()
+        compute_loss(network(model_input, timesteps).sample, target, process.default_loss).backward()
     network.zero_grad(set_to_none=True)
     return counter.get_total_flops() / len(images)
 
@@ -169,7 +164,7 @@ class ClassicMNIST(Dataset):
 
 
 class ReferenceLoop:
-    """The classic coursework training loop over the project's network and DDPM objective.
+    """The classic coursework training loop over the project's network and objective (the Gaussian DDPM one).
 
     Plain on purpose: a PIL ``DataLoader`` (``num_workers`` worker processes, as the notebook), fp32,
     eager, NCHW, ``torch.optim.Adam`` with its CPU defaults and ``loss.item()`` after every step.
@@ -180,9 +175,10 @@ class ReferenceLoop:
     """
 
     def __init__(self, args: argparse.Namespace, num_workers: int):
-        self.scheduler = make_scheduler(args)
+        self.process = make_process(args)
+        self.loss = args.loss or self.process.default_loss
         torch.manual_seed(args.seed)  # the Trainer's set_seed: the same initial weights
-        self.model = make_model(args, self.scheduler.config.num_train_timesteps)
+        self.model = make_model(args, self.process.num_train_timesteps)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=args.learning_rate)
         dataset = ClassicMNIST(args.dataset_name, args.train_split, args.max_train_samples)
         self.dataloader = DataLoader(
@@ -200,8 +196,8 @@ class ReferenceLoop:
         """Take ``steps`` optimisation steps."""
         self.model.train()
         for _ in range(steps):
-            model_input, timesteps, target = training_pair(self.scheduler, next(self.batches))
-            loss = compute_loss(self.model(model_input, timesteps).sample, target, "l2")
+            model_input, timesteps, target = training_batch(self.process, next(self.batches))
+            loss = compute_loss(self.model(model_input, timesteps).sample, target, self.loss)
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
@@ -242,11 +238,18 @@ class ProjectLoop:
 
 @torch.inference_mode()
 def held_out_loss(
-    network: torch.nn.Module, scheduler, images: torch.Tensor, seed: int, batch_size: int = 500
+    network: torch.nn.Module,
+    process: ForwardProcess,
+    images: torch.Tensor,
+    seed: int,
+    batch_size: int = 500,
 ) -> tuple[float, float]:
-    """Mean L2 loss and its standard error over held-out ``uint8`` images with fixed noise and timesteps."""
+    """Mean loss (the process's default) and its standard error over held-out ``uint8`` images.
+
+    The noise and timesteps are fixed by ``seed``, so every loop is scored on the same examples.
+    """
     network.eval()
-    losses = held_out_losses(network, scheduler, images, "l2", batch_size, seed)
+    losses = held_out_losses(network, process, images, process.default_loss, batch_size, seed)
     network.train()
     return losses.mean().item(), (losses.std() / len(losses) ** 0.5).item()
 
@@ -336,7 +339,7 @@ def compare_training(
     held_out = project.trainer.validation_images
     reference_loop = loops["reference"]
     flops_per_image = training_flops_per_image(
-        reference_loop.network, reference_loop.scheduler, to_model_range(held_out[: args.train_batch_size])
+        reference_loop.network, reference_loop.process, to_model_range(held_out[: args.train_batch_size])
     )
     peak_gflops = matmul_gflops()
     report: dict[str, Any] = {
@@ -351,7 +354,7 @@ def compare_training(
         "loops": {},
     }
     for name, loop in loops.items():
-        loss, stderr = held_out_loss(loop.network, loops["reference"].scheduler, held_out, args.seed)
+        loss, stderr = held_out_loss(loop.network, reference_loop.process, held_out, args.seed)
         result = results[name]
         report["loops"][name] = {
             "flags": list(VARIANTS.get(name, ())),
@@ -384,23 +387,30 @@ def fastest_variant(training: dict[str, Any]) -> str:
 
 
 class Reference:
-    """Real images for FID: the test split as the reference, training images for the floor."""
+    """Real images for FID: the test split as the reference, training images for the floor.
+
+    The features of the reference are computed once, here, and kept for every score.
+    """
 
     def __init__(self, test_images: torch.Tensor, train_images: torch.Tensor):
-        # The same objects for every call: sample_quality caches their features by identity.
-        self.reference01 = uint8_to_unit_range(test_images)
-        self.floor01 = uint8_to_unit_range(train_images)
+        self.quality = SampleQuality(uint8_to_unit_range(test_images), uint8_to_unit_range(train_images))
 
     def score(self, images01: torch.Tensor) -> dict[str, float]:
         """FID (and its floor at the same N), KID, IS and class balance of ``images01``."""
-        return sample_quality(images01, self.reference01, self.floor01)
+        return self.quality.evaluate(images01).metrics
 
 
 def compare_samplers(pipeline, num_images: int, reference: Reference, seed: int) -> list[dict[str, Any]]:
-    """Images/s and FID of each of :data:`SAMPLERS` on ``pipeline``, with ratios to 1000-step DDPM."""
+    """Images/s and FID of each of :data:`SAMPLERS` on ``pipeline``, with ratios to 1000-step DDPM.
+
+    Raises:
+        ValueError: if the pipeline's forward process lacks one of the samplers (before any sampling).
+    """
+    process = forward_process(pipeline)
+    check_samplers(process)
     rows = []
     for sampler, steps in SAMPLERS:
-        steps = min(steps, pipeline.scheduler.config.num_train_timesteps)
+        steps = min(steps, process.num_train_timesteps)
         start = time.perf_counter()
         images = generate(pipeline, num_images, sampler, steps, seed=seed)
         elapsed = time.perf_counter() - start
@@ -418,6 +428,12 @@ def compare_samplers(pipeline, num_images: int, reference: Reference, seed: int)
         row["speedup_vs_ddpm"] = row["images_per_second"] / baseline["images_per_second"]
         row["fid_ratio_vs_ddpm"] = row["fid"] / baseline["fid"]
     return rows
+
+
+def check_samplers(process: ForwardProcess) -> None:
+    """Raise ``ValueError`` unless ``process`` has every sampler of :data:`SAMPLERS`."""
+    for sampler, _ in SAMPLERS:
+        process.check_sampler(sampler)
 
 
 def _quality_fields(metrics: dict[str, float]) -> dict[str, float]:

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from diffusers.models.modeling_utils import ModelMixin
+from diffusers import DiffusionPipeline
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from scipy import stats
 from torch import nn
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
@@ -22,6 +23,7 @@ from torchmetrics.image.inception import InceptionScore
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from models.mnist_classifier import MNISTClassifier, MNISTClassifierOutput, load_mnist_classifier
+from schedulers import ForwardProcess, forward_process
 from training.data import ImageSplit, to_model_range, to_unit_range, uint8_to_unit_range
 
 FEATURE_NETWORKS = ("mnist", "inception")
@@ -322,126 +324,128 @@ def evaluate_samples(
     return SampleQuality(reference, floor_reference, **kwargs).evaluate(images01).to_dict()
 
 
-_EVALUATORS: dict[tuple[int, int, str], SampleQuality] = {}
-
-
-def sample_quality(
-    images01: torch.Tensor,
-    reference: ImageSplit | torch.Tensor,
-    floor_reference: ImageSplit | torch.Tensor | None = None,
-    device: str | torch.device = "cpu",
-) -> dict[str, float]:
-    """Scalar sample metrics for logging during training, with the reference features cached in memory.
-
-    The first call for a given ``reference`` object computes its features; later calls with the same
-    object (identity, not equality) only run the classifier over the samples, so a few hundred samples
-    take about a second.
-
-    Args:
-        images01: float samples ``(N, 1, 28, 28)`` in ``[0, 1]``, ``N >= 2``.
-        reference: the real images to compare against (e.g. the MNIST test split).
-        floor_reference: real images for ``fid_floor`` (e.g. the training split); optional.
-        device: where the classifier runs.
-
-    Returns:
-        ``fid``, ``fid_floor`` (with ``floor_reference``), ``kid_mean``, ``kid_std``,
-        ``inception_score_mean``, ``inception_score_std``, ``class_entropy``, ``mean_confidence``,
-        ``num_images``.
-    """
-    # The cached evaluator holds the reference objects, so their ids cannot be reused while it lives.
-    key = (id(reference), id(floor_reference), str(device))
-    if key not in _EVALUATORS:
-        _EVALUATORS[key] = SampleQuality(reference, floor_reference, device=device)
-    return _EVALUATORS[key].evaluate(images01).metrics
-
-
 def forward_process_normality(
-    scheduler, reference: ImageSplit, num_images: int = 32, seed: int = 0
+    process: ForwardProcess | DiffusionPipeline | SchedulerMixin,
+    reference: ImageSplit,
+    num_images: int = 32,
+    seed: int = 0,
 ) -> dict[str, list[float] | int | None]:
-    """How Gaussian the forward process ``x_t`` of a Gaussian scheduler is, for every ``t``.
+    """How Gaussian the forward process ``x_t = D(x_0, t)`` is, for every ``t`` of its range.
 
-    For each ``t`` the pixels of ``x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps`` are tested
-    against ``N(0, 1)`` with the Kolmogorov-Smirnov test. Each ``t`` gets its own noise: one draw shared by
-    all ``t`` would carry its own chance departure from ``N(0, 1)`` into every late ``t``. With tens of
-    thousands of pixels the test detects small departures, so ``p > 0.05`` means the schedule really has
-    destroyed the digits; once it has, ``p`` is uniform on ``[0, 1]`` and dips below 0.05 now and then.
+    For each ``t`` the pixels of ``D(x_0, t)`` (for Gaussian DDPM ``sqrt(alpha_bar_t) x_0 + sqrt(1 -
+    alpha_bar_t) eps``) are tested against ``N(0, 1)`` with the Kolmogorov-Smirnov test. Each ``t`` gets its
+    own draw: one draw shared by all ``t`` would carry its own chance departure from ``N(0, 1)`` into every
+    late ``t``. With tens of thousands of pixels the test detects small departures, so ``p > 0.05`` means the
+    process really has destroyed the digits; once it has, ``p`` is uniform on ``[0, 1]`` and dips below 0.05
+    now and then. Only processes that end in Gaussian noise ever pass.
 
     Args:
-        scheduler: a Diffusers scheduler with ``add_noise`` (e.g. ``DDPMScheduler``).
+        process: a forward process, or a trained pipeline or scheduler of one (see
+            :func:`schedulers.forward_process`).
         reference: real images ``x_0`` (e.g. the MNIST test split); the first ``num_images`` are used.
         num_images: how many images' pixels enter each test.
-        seed: seed of the noise.
+        seed: seed of the draws.
 
     Returns:
         ``timesteps``, ``ks_pvalue`` (one per timestep) and ``first_t_p_above_0.05`` (``None`` if never).
+
+    Raises:
+        ValueError: if ``num_images`` is not between 1 and the number of reference images, or no forward
+            process answers for ``process``.
     """
+    if not isinstance(process, ForwardProcess):
+        process = forward_process(process)
     if not 1 <= num_images <= len(reference):
         raise ValueError(f"num_images={num_images} must be between 1 and {len(reference)}")
     x0 = to_model_range(reference.images[:num_images])
     generator = torch.Generator().manual_seed(seed)
-    timesteps = list(range(scheduler.config.num_train_timesteps))
+    first_t, last_t = process.timestep_range
+    timesteps = list(range(first_t, last_t + 1))
     p_values = []
     for t in timesteps:
-        noise = torch.randn(x0.shape, generator=generator)
-        pixels = scheduler.add_noise(x0, noise, torch.tensor([t])).flatten().numpy()
+        pixels = process.degrade(x0, t, generator).flatten().numpy()
         p_values.append(float(stats.kstest(pixels, "norm").pvalue))
     first = next((t for t, p in zip(timesteps, p_values, strict=True) if p > 0.05), None)
     return {"timesteps": timesteps, "ks_pvalue": p_values, "first_t_p_above_0.05": first}
 
 
+class FirstEstimate:
+    """A ``callback_on_step_end`` that keeps the clean-image estimate of a run's first step."""
+
+    tensor_inputs = ["pred_original_sample"]
+
+    def __init__(self) -> None:
+        self.estimate: torch.Tensor | None = None
+
+    def __call__(self, pipeline, step_index: int, timestep, callback_kwargs: dict) -> dict:
+        if step_index == 0:
+            self.estimate = callback_kwargs["pred_original_sample"]
+        return callback_kwargs
+
+
 @torch.no_grad()
 def restoration_quality(
-    model: ModelMixin,
-    scheduler,
+    pipeline: DiffusionPipeline,
     reference: ImageSplit,
     timesteps: list[int],
     num_inference_steps: int | None = None,
-    sampling: str = "improved",
+    sampler: str = "improved",
     num_images: int = 64,
     seed: int = 0,
 ) -> dict[str, list[float]]:
-    """PSNR and SSIM of the restoration ``R(D(x, t), t)`` against ``x`` for several severities ``t``.
+    """PSNR and SSIM of restorations of ``D(x, t)`` against ``x`` for several severities ``t``.
 
-    ``direct`` is one call of the model (its ``x_0`` prediction); ``iterative`` runs the scheduler's
-    reverse steps from ``t`` down to 0 over the timesteps of a ``num_inference_steps`` run that lie below
-    ``t``, reusing the degradation's random draw as sampling does.
+    Each severity is one run of the pipeline from its start timestep: ``start_images=x, start_timestep=t``
+    degrades the images to ``t`` with the run's random draw, then steps from ``t`` and from each timestep of
+    the ``num_inference_steps`` grid below ``t``, reusing the draw. ``iterative`` is the run's result;
+    ``direct`` is the clean-image estimate of its first step, one network call ``R(D(x, t), t)``.
 
     Args:
-        model: the restoration network ``R(x_t, t) -> .sample`` (predicts ``x_0``).
-        scheduler: a cold-diffusion scheduler (``degrade``, ``set_timesteps``, ``sampling_draw``, ``step``).
+        pipeline: a trained pipeline whose forward process restores images (``process.restores``), e.g. a
+            ``ColdDiffusionPipeline``.
         reference: real images ``x`` (e.g. the MNIST test split); the first ``num_images`` are used.
-        timesteps: the severities ``t`` in ``[1, T]``.
-        num_inference_steps: the reverse-run grid (``None``: every timestep).
-        sampling: the iterative update, ``improved`` or ``naive``.
+        timesteps: the severities ``t``, after the first timestep of the process (``[1, T]`` for cold ones).
+        num_inference_steps: the reverse-run grid (``None``: the sampler's usual count).
+        sampler: a sampler of the pipeline's forward process (the iterative update).
         num_images: how many images are restored at each ``t``.
-        seed: seed of the degradation's random draw.
+        seed: seed of each run's generator (the degradation's random draw).
 
     Returns:
         ``timesteps``, ``severity`` (``t / T``) and, per timestep, ``psnr_direct``, ``ssim_direct``,
         ``psnr_iterative``, ``ssim_iterative`` (PSNR in dB on ``[0, 1]`` images).
+
+    Raises:
+        ValueError: if the process does not restore images, or on bad timesteps, sampler, step count or
+            ``num_images``.
     """
-    num_train_timesteps = scheduler.config.num_train_timesteps
-    if not timesteps or min(timesteps) < 1 or max(timesteps) > num_train_timesteps:
-        raise ValueError(f"timesteps must be a non-empty list in [1, {num_train_timesteps}], got {timesteps}")
+    process = forward_process(pipeline)
+    if not process.restores:
+        raise ValueError(f"restoration needs a process that restores images; {process.name} does not")
+    first, last = process.timestep_range
+    if not timesteps or min(timesteps) <= first or max(timesteps) > last:
+        raise ValueError(f"timesteps must be a non-empty list in [{first + 1}, {last}], got {timesteps}")
     if not 1 <= num_images <= len(reference):
         raise ValueError(f"num_images={num_images} must be between 1 and {len(reference)}")
-    device = model.device
-    x0 = to_model_range(reference.images[:num_images]).to(device)
-    target = to_unit_range(x0)
+    process.check_sampler(sampler, num_inference_steps)
+    steps = num_inference_steps or process.default_steps(sampler)
+    restorer = process.with_sampler(pipeline, sampler)
+    restorer.set_progress_bar_config(disable=True)
+    target = uint8_to_unit_range(reference.images[:num_images]).to(pipeline.device)
     # Severity t / T puts degradations with different T on one axis.
-    result = {"timesteps": list(timesteps), "severity": [t / num_train_timesteps for t in timesteps]}
+    result = {"timesteps": list(timesteps), "severity": [t / process.num_train_timesteps for t in timesteps]}
+    first_estimate = FirstEstimate()
     for t in timesteps:
-        scheduler.set_timesteps(num_inference_steps, device=device)
-        generator = torch.Generator(device=device).manual_seed(seed)
-        draw = scheduler.sampling_draw(tuple(x0.shape), generator, device)
-        sample = scheduler.degrade(x0, t, draw=draw)
-        restored = {"direct": model(sample, torch.tensor([t], device=device)).sample}
-        for s in [t, *(int(s) for s in scheduler.timesteps if s < t)]:
-            x0_hat = model(sample, torch.tensor([s], device=device)).sample
-            sample = scheduler.step(x0_hat, s, sample, sampling=sampling).prev_sample
-        restored["iterative"] = sample
+        iterative = restorer(
+            start_images=target,
+            start_timestep=int(t),
+            num_inference_steps=steps,
+            generator=torch.Generator(device=pipeline.device).manual_seed(seed),
+            output_type="pt",
+            callback_on_step_end=first_estimate,
+            callback_on_step_end_tensor_inputs=FirstEstimate.tensor_inputs,
+        ).images
+        restored = {"direct": to_unit_range(first_estimate.estimate.float()), "iterative": iterative.float()}
         for name, images in restored.items():
-            images = to_unit_range(images)
             psnr = peak_signal_noise_ratio(images, target, data_range=1.0)
             ssim = structural_similarity_index_measure(images, target, data_range=1.0)
             result.setdefault(f"psnr_{name}", []).append(psnr.item())

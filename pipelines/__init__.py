@@ -1,6 +1,13 @@
-"""The cold-diffusion pipeline and the loader every tool uses for saved pipelines."""
+"""The project's pipelines (cold diffusion; DDPM with step callbacks) and the loader for saved ones."""
 
 from .cold_diffusion import ColdDiffusionPipeline, ColdDiffusionPipelineOutput, make_portable
+from .ddpm import DDPMCallbackPipeline
 from .loading import load_pipeline
 
-__all__ = ["ColdDiffusionPipeline", "ColdDiffusionPipelineOutput", "load_pipeline", "make_portable"]
+__all__ = [
+    "ColdDiffusionPipeline",
+    "ColdDiffusionPipelineOutput",
+    "DDPMCallbackPipeline",
+    "load_pipeline",
+    "make_portable",
+]

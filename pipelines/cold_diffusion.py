@@ -9,13 +9,17 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import numbers
 import os
 import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import PIL.Image
 import torch
 from diffusers import DiffusionPipeline
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.pipelines.pipeline_loading_utils import LOADABLE_CLASSES
@@ -25,6 +29,10 @@ from diffusers.utils.dynamic_modules_utils import get_relative_import_files
 
 SAMPLING_METHODS = ("improved", "naive", "direct")
 OUTPUT_TYPES = ("pil", "np", "pt")
+# `callback_on_step_end(pipeline, step_index, timestep, callback_kwargs) -> callback_kwargs`, as in Diffusers.
+StepEndCallback = Callable[[DiffusionPipeline, int, torch.Tensor, dict[str, Any]], dict[str, Any]] | (
+    PipelineCallback | MultiPipelineCallbacks
+)
 
 
 @dataclass
@@ -34,12 +42,9 @@ class ColdDiffusionPipelineOutput(BaseOutput):
     Args:
         images: the samples, as a list of PIL images, a ``(batch, H, W, 1)`` array or a ``(batch, 1, H, W)``
             tensor in ``[0, 1]``.
-        intermediates: with ``return_intermediates``, the start ``x_T`` and every ``x_{s'}`` after it, each in
-            the same output type as ``images``; otherwise ``None``.
     """
 
     images: list[PIL.Image.Image] | object
-    intermediates: list | None = None
 
 
 class ColdDiffusionPipeline(DiffusionPipeline):
@@ -52,46 +57,36 @@ class ColdDiffusionPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "unet"
+    # What `callback_on_step_end` may ask for: the sample after the step (`latents`, as Diffusers names the
+    # sample in every pipeline) and the step's estimate of the clean images.
+    _callback_tensor_inputs = ["latents", "pred_original_sample"]
 
     def __init__(self, unet: ModelMixin, scheduler: SchedulerMixin):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
         self.image_processor = VaeImageProcessor(do_resize=False, do_convert_grayscale=True)
+        self._num_timesteps = 0
+        self._interrupt = False
 
-    @torch.no_grad()
-    def __call__(
+    @property
+    def num_timesteps(self) -> int:
+        """The number of reverse steps (network calls) of the current or last run."""
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        """Set ``pipeline._interrupt = True`` in a callback to skip the remaining steps of the run."""
+        return self._interrupt
+
+    def check_inputs(
         self,
-        batch_size: int = 1,
-        num_inference_steps: int | None = None,
-        generator: torch.Generator | None = None,
-        start_images: torch.Tensor | list[PIL.Image.Image] | None = None,
-        sampler: str | None = None,
-        output_type: str = "pil",
-        return_intermediates: bool = False,
-        start_noise: float | None = None,
-        return_dict: bool = True,
-    ) -> ColdDiffusionPipelineOutput | tuple:
-        """Sample from the scheduler's prior (or degrade ``start_images`` to ``t = T``) and restore.
-
-        Args:
-            batch_size: number of images to generate; ignored when ``start_images`` is given.
-            num_inference_steps: model calls (``None``: ``T``); ``direct`` always makes one.
-            generator: makes the run deterministic (prior sample, random draws, posterior noise).
-            start_images: images to restore: PIL images or a ``(batch, 1, H, W)`` tensor in [0, 1].
-            sampler: ``improved`` (Bansal's Algorithm 2), ``naive`` (Algorithm 1) or ``direct``; ``None``
-                uses the scheduler's ``sampling`` config (what the pipeline was saved with).
-            output_type: ``pil``, ``np`` or ``pt``.
-            return_intermediates: also return ``x_T`` and every intermediate sample.
-            start_noise: std of noise added to prior samples (``None``: the scheduler's config).
-            return_dict: return a :class:`ColdDiffusionPipelineOutput` instead of a tuple.
-
-        Returns:
-            The images (and intermediates); as a tuple ``(images, intermediates)`` if not ``return_dict``.
-
-        Raises:
-            ValueError: on an unknown ``sampler`` or ``output_type``.
-        """
-        sampler = sampler or self.scheduler.config.sampling
+        sampler: str,
+        output_type: str,
+        start_images: object,
+        start_timestep: int | None,
+        callback_on_step_end_tensor_inputs: Sequence[str] | None,
+    ) -> None:
+        """Raise ``ValueError`` naming the first bad argument of :meth:`__call__`."""
         if sampler not in SAMPLING_METHODS:
             raise ValueError(
                 f"sampler={sampler!r} is not supported; choose one of {', '.join(SAMPLING_METHODS)}"
@@ -100,34 +95,161 @@ class ColdDiffusionPipeline(DiffusionPipeline):
             raise ValueError(
                 f"output_type={output_type!r} is not supported; choose one of {', '.join(OUTPUT_TYPES)}"
             )
-        device = self._execution_device
-        self.scheduler.set_timesteps(1 if sampler == "direct" else num_inference_steps, device=device)
+        if start_timestep is not None:
+            num_train_timesteps = self.scheduler.config.num_train_timesteps
+            if isinstance(start_timestep, bool) or not isinstance(start_timestep, numbers.Integral):
+                raise ValueError(
+                    f"start_timestep must be an int in [1, {num_train_timesteps}], got {start_timestep!r}"
+                )
+            if not 1 <= start_timestep <= num_train_timesteps:
+                raise ValueError(f"start_timestep={start_timestep} must lie in [1, {num_train_timesteps}]")
+            if start_images is None:
+                raise ValueError(
+                    "start_timestep needs start_images to degrade to it; unconditional samples start at t = T"
+                )
+        if callback_on_step_end_tensor_inputs is not None:
+            unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+            if unknown:
+                raise ValueError(
+                    f"`callback_on_step_end_tensor_inputs` has to be in {self._callback_tensor_inputs}, but "
+                    f"found {unknown}"
+                )
+
+    def get_timesteps(self, start_timestep: int | None = None) -> torch.Tensor:
+        """The timesteps of a run from ``start_timestep`` (``None``: ``T``), once ``set_timesteps`` has run.
+
+        The run steps from ``start_timestep`` first, then from each timestep of the scheduler's grid below it,
+        so a run from ``T`` is the grid itself.
+        """
+        grid = self.scheduler.timesteps
+        if start_timestep is None:
+            return grid
+        start = torch.tensor([start_timestep], dtype=grid.dtype, device=grid.device)
+        return torch.cat([start, grid[grid < start_timestep]])
+
+    def prepare_latents(
+        self,
+        batch_size: int,
+        start_images: torch.Tensor | list[PIL.Image.Image] | None,
+        start_timestep: int,
+        generator: torch.Generator | None,
+        device: torch.device,
+        start_noise: float | None = None,
+    ) -> torch.Tensor:
+        """The start of a run: a prior sample at ``T``, or ``start_images`` degraded to ``start_timestep``.
+
+        The degradation uses the run's random draw (``scheduler.sampling_draw``, made here from
+        ``generator`` after ``set_timesteps``), which the reverse steps then reuse.
+        """
         if start_images is None:
             sample = self.scheduler.prior_sample(batch_size, generator, device, start_noise=start_noise)
         else:
             clean = self.image_processor.preprocess(start_images).to(device)
             draw = self.scheduler.sampling_draw(tuple(clean.shape), generator, device)
-            sample = self.scheduler.degrade(clean, self.scheduler.config.num_train_timesteps, draw=draw)
-        sample = sample.to(device, self.unet.dtype)
+            sample = self.scheduler.degrade(clean, start_timestep, draw=draw)
+        return sample.to(device, self.unet.dtype)
 
-        intermediates = [sample]
-        for t in self.progress_bar(self.scheduler.timesteps):
-            model_output = self.unet(sample, t).sample
-            sample = self.scheduler.step(
-                model_output, t, sample, generator=generator, sampling=sampler
-            ).prev_sample
-            intermediates.append(sample)
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        num_inference_steps: int | None = None,
+        generator: torch.Generator | None = None,
+        start_images: torch.Tensor | list[PIL.Image.Image] | None = None,
+        start_timestep: int | None = None,
+        sampler: str | None = None,
+        output_type: str = "pil",
+        start_noise: float | None = None,
+        return_dict: bool = True,
+        callback_on_step_end: StepEndCallback | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+    ) -> ColdDiffusionPipelineOutput | tuple:
+        """Sample from the scheduler's prior, or degrade ``start_images`` to a start timestep, and restore.
 
-        images = self.image_processor.postprocess(sample.float(), output_type=output_type)
-        steps = None
-        if return_intermediates:
-            steps = [
-                self.image_processor.postprocess(x.float(), output_type=output_type) for x in intermediates
-            ]
+        Args:
+            batch_size: number of images to generate; ignored when ``start_images`` is given.
+            num_inference_steps: the run's grid of timesteps from ``T`` down to 1 (``None``: all ``T``);
+                ``direct`` always uses one.
+            generator: makes the run deterministic (prior sample, random draws, posterior noise).
+            start_images: images to restore: PIL images or a ``(batch, 1, H, W)`` tensor in [0, 1].
+            start_timestep: the severity ``t`` in ``[1, T]`` that ``start_images`` are degraded to (``None``:
+                ``T``); the run restores ``D(x0, t)`` by stepping from ``t``, then from each grid timestep
+                below ``t``. Needs ``start_images``.
+            sampler: ``improved`` (Bansal's Algorithm 2), ``naive`` (Algorithm 1) or ``direct``; ``None``
+                uses the scheduler's ``sampling`` config (what the pipeline was saved with).
+            output_type: ``pil``, ``np`` or ``pt``.
+            start_noise: std of noise added to prior samples (``None``: the scheduler's config).
+            return_dict: return a :class:`ColdDiffusionPipelineOutput` instead of a tuple.
+            callback_on_step_end: called after every step as ``callback_on_step_end(pipeline, step_index,
+                timestep, callback_kwargs)``, where ``callback_kwargs`` holds the tensors named in
+                ``callback_on_step_end_tensor_inputs``; it returns ``callback_kwargs``, and a ``latents`` it
+                returns replaces the sample. A Diffusers ``PipelineCallback`` brings its own tensor inputs.
+            callback_on_step_end_tensor_inputs: tensors the callback gets, from ``_callback_tensor_inputs``:
+                ``latents`` (the sample after the step, in ``[-1, 1]``) and ``pred_original_sample`` (the
+                step's estimate of the clean images).
+
+        Returns:
+            A :class:`ColdDiffusionPipelineOutput`, or the tuple ``(images,)`` if not ``return_dict``.
+
+        Raises:
+            ValueError: on an unknown ``sampler``, ``output_type`` or callback tensor input, a bad
+                ``num_inference_steps`` or a ``start_timestep`` outside ``[1, T]`` or without
+                ``start_images``.
+
+        Example:
+            >>> import torch
+            >>> from diffusers import DiffusionPipeline
+            >>> pipeline = DiffusionPipeline.from_pretrained(  # doctest: +SKIP
+            ...     "outputs/cold_blur", trust_remote_code=True
+            ... )
+            >>> # Unconditional samples, recording the sample after every step.
+            >>> frames = []
+            >>> def record(pipeline, step_index, timestep, callback_kwargs):
+            ...     frames.append(callback_kwargs["latents"].cpu())
+            ...     return callback_kwargs
+            >>> images = pipeline(  # doctest: +SKIP
+            ...     batch_size=16, generator=torch.Generator().manual_seed(0), callback_on_step_end=record
+            ... ).images
+            >>> # Restore digits (in [0, 1], shape (N, 1, 28, 28)) from D(x0, 20): one call from t = 20, then
+            >>> # one from each timestep of the 10-step grid below 20.
+            >>> digits = torch.rand(4, 1, 28, 28)
+            >>> restored = pipeline(  # doctest: +SKIP
+            ...     start_images=digits, start_timestep=20, num_inference_steps=10, output_type="pt"
+            ... ).images
+        """
+        sampler = sampler or self.scheduler.config.sampling
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        self.check_inputs(
+            sampler, output_type, start_images, start_timestep, callback_on_step_end_tensor_inputs
+        )
+        self._interrupt = False
+        device = self._execution_device
+        self.scheduler.set_timesteps(1 if sampler == "direct" else num_inference_steps, device=device)
+        timesteps = self.get_timesteps(start_timestep)
+        self._num_timesteps = len(timesteps)
+        start = self.scheduler.config.num_train_timesteps if start_timestep is None else start_timestep
+        latents = self.prepare_latents(batch_size, start_images, start, generator, device, start_noise)
+
+        for i, t in enumerate(self.progress_bar(timesteps)):
+            if self.interrupt:
+                continue
+            model_output = self.unet(latents, t).sample
+            latents, pred_original_sample = self.scheduler.step(
+                model_output, t, latents, generator=generator, sampling=sampler, return_dict=False
+            )
+            if callback_on_step_end is not None:
+                callback_kwargs = {}
+                for k in callback_on_step_end_tensor_inputs:
+                    callback_kwargs[k] = locals()[k]
+                callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                latents = callback_outputs.pop("latents", latents)
+
+        images = self.image_processor.postprocess(latents.float(), output_type=output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
-            return (images, steps)
-        return ColdDiffusionPipelineOutput(images=images, intermediates=steps)
+            return (images,)
+        return ColdDiffusionPipelineOutput(images=images)
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
         """Save like any pipeline, plus the code of the custom classes (see :func:`make_portable`)."""

@@ -3,10 +3,13 @@
 The upload is always a *staged* copy of the folder the trainer wrote: the pipeline itself
 (``model_index.json`` and its component folders, safetensors weights only), made portable so that
 ``DiffusionPipeline.from_pretrained(repo_id, trust_remote_code=True)`` works without this project
-installed, plus ``training_config.yaml``, ``metrics.json`` (from ``scripts/evaluate.py``), a sample grid
-and a model card.
+installed, plus ``training_config.yaml`` (without secrets such as ``hub_token``), ``metrics.json`` (from
+``scripts/evaluate.py``), a sample grid and a model card.
 Checkpoints, logs and the per-epoch grids stay behind. Staging happens in a temporary folder that is moved
 into place only once complete, so a failure never leaves a half-written folder.
+
+The card asks the pipeline's forward process (:func:`schedulers.forward_process`) for everything that
+differs between processes: its name, title, summary, objective, randomness, samplers and usage snippet.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import diffusers
+import torch
 import yaml
 from huggingface_hub import ModelCard, ModelCardData, create_repo, get_token, upload_folder
 from huggingface_hub import constants as hub_constants
@@ -27,13 +32,20 @@ from huggingface_hub.utils import validate_repo_id
 from safetensors import safe_open
 
 from pipelines import load_pipeline, make_portable
-from training.data import FASHION_MNIST, MNIST
+from pipelines.cold_diffusion import imported_class
 from pipelines.sampling import generate, save_grid
+from schedulers import ForwardProcess, forward_process
+from training.data import FASHION_MNIST, MNIST
+from training.train import build_parser, make_model, process_options
 
 CARD_FILE = "README.md"
 SAMPLE_GRID_FILE = "samples.png"
 METRICS_FILE = "metrics.json"
 TRAINING_CONFIG_FILE = "training_config.yaml"
+# Training-config keys that may hold secrets: never shown in a card nor uploaded.
+SECRET_KEYS = ("hub_token",)
+# The trainer's log, whose records with an "fid" come from its evaluations (--eval_epochs).
+TRAINING_LOG_FILE = Path("logs", "metrics.jsonl")
 NUM_CARD_SAMPLES = 16
 # Steps for a freshly drawn card grid when the trainer left none: enough for a recognisable preview.
 CARD_SAMPLE_STEPS = 100
@@ -51,7 +63,27 @@ _METRIC_ROWS = (
     ("images_per_second", "Sampling speed (images / s)"),
 )
 # Run settings rather than scores: reported in the sentence above the table.
-_METRIC_SETTINGS = ("num_images", "scheduler", "num_inference_steps", "seed", "sampling_seconds")
+# ("scheduler" is what older versions of scripts/evaluate.py called the sampler.)
+_METRIC_SETTINGS = (
+    "num_images",
+    "sampler",
+    "scheduler",
+    "num_inference_steps",
+    "start",
+    "seed",
+    "sampling_seconds",
+)
+# The trainer settings the card's training table shows first (when they applied to the run).
+_MAIN_TRAINING_SETTINGS = (
+    "num_epochs",
+    "max_train_steps",
+    "train_batch_size",
+    "learning_rate",
+    "lr_scheduler",
+    "use_ema",
+    "mixed_precision",
+    "seed",
+)
 _FEATURE_NETWORKS = {
     "mnist": "the project's MNIST classifier (`models/mnist_classifier.py`, penultimate layer)",
     "inception": "Inception-v3 (pool features)",
@@ -145,16 +177,12 @@ def build_model_card(
     index = _read_model_index(folder)
     scheduler_config = _read_json(folder / "scheduler" / "scheduler_config.json")
     model_config = _read_json(folder / "unet" / "config.json")
-    training = _read_training_config(folder)
-    gaussian = index["_class_name"] == "DDPMPipeline"
-    degradation = "gaussian"
-    if not gaussian:
-        degradation = str(training.get("degradation") or _degradation_of(scheduler_config))
+    process = forward_process(_load_scheduler(folder, index))
+    training = applied_training_config(_read_training_config(folder), process)
     dataset = _dataset_id(str(training.get("dataset_name", MNIST)))
-    num_steps = int(scheduler_config["num_train_timesteps"])
     size = model_config.get("sample_size", "?")
 
-    tags = ["diffusion", "mnist", "ddpm" if gaussian else "cold-diffusion", degradation]
+    tags = ["diffusion", "mnist", process.family, process.name]
     card_data = ModelCardData(
         library_name="diffusers",
         pipeline_tag="unconditional-image-generation",
@@ -163,47 +191,87 @@ def build_model_card(
         tags=list(dict.fromkeys(["diffusers", "unconditional-image-generation", *tags])),
     )
     dataset_name = dataset.split("/")[-1].replace("_", "-").upper() if dataset else "an image dataset"
-    if gaussian:
-        title = f"Gaussian DDPM on {dataset_name}"
-        description = (
-            f"A denoising diffusion probabilistic model (Ho et al., 2020) that generates {dataset_name} "
-            f"digits from pure Gaussian noise in up to {num_steps} steps. The network predicts "
-            f"`{scheduler_config.get('prediction_type', 'epsilon')}`; it can be sampled with the stock "
-            "`DDPMScheduler` (ancestral), `DDIMScheduler` or `DPMSolverMultistepScheduler` (DPM-Solver++), "
-            "all built `from_config` so they share the trained noise schedule."
-        )
-    else:
-        title = f"Cold diffusion ({degradation}) on {dataset_name}"
-        description = (
-            f"A cold-diffusion model (Bansal et al., 2022) on {dataset_name}: instead of Gaussian noise, the "
-            f"forward process is the deterministic **{degradation}** degradation over {num_steps} steps, and "
-            "the network learns to restore the clean image. Sampling starts from a fully degraded image "
-            "(drawn from a prior fitted to degraded training images) and runs the improved (Algorithm 2), "
-            "naive or direct reconstruction. The pipeline and scheduler are custom code shipped in this "
-            "repository, hence `trust_remote_code=True`."
-        )
+    loss = str(training.get("loss") or process.default_loss)
     return ModelCard.from_template(
         card_data,
         template_str=CARD_TEMPLATE,
-        title=title,
-        description=description,
+        title=f"{process.label} on {dataset_name}",
+        description=_description(process, index),
         sample_grid=sample_grid,
-        usage=_usage(repo_id, gaussian, num_steps),
+        usage=process.usage(repo_id),
         model_table=_table(
             [
-                ("Pipeline", f"`{index['_class_name']}`"),
+                ("Pipeline", f"`{_class_name(index['_class_name'])}`"),
                 ("Denoiser", f"`{model_config.get('_class_name', '?')}`"),
                 ("Parameters", f"{_count_parameters(folder / 'unet'):,}"),
                 ("Image size", f"{size} × {size}"),
-                ("Training objective", _objective(gaussian, scheduler_config, training)),
+                ("Training objective", f"{process.objective}, {loss.upper()} loss"),
             ],
             header=("Property", "Value"),
         ),
-        process_heading="Noise schedule" if gaussian else "Degradation",
-        process=_process(scheduler_config, training, gaussian),
-        training=_training(training),
-        evaluation=_evaluation(metrics or {}),
+        process_heading="Forward process",
+        process=_process(process, scheduler_config, training),
+        training=_training(training, process),
+        evaluation=_evaluation(metrics or {}, _logged_quality(folder), training, process),
     )
+
+
+def applied_training_config(training: dict[str, Any], process: ForwardProcess) -> dict[str, Any]:
+    """The entries of a saved ``training_config.yaml`` that applied to the run, in their order.
+
+    The trainer saves every flag, also the options of the models and forward processes it did not use. Left
+    out are the options of other processes (by :func:`training.train.process_options`) and the model options
+    that :func:`training.train.make_model` reads only for another ``--model``.
+
+    Args:
+        training: the saved training config (may be empty).
+        process: the forward process of the saved pipeline.
+    """
+    if not training:
+        return {}
+    by_option = process_options()
+    _, other_models = _model_flags(training, process.num_train_timesteps)
+    return {
+        key: value
+        for key, value in training.items()
+        if key not in other_models and (key not in by_option or process.name in by_option[key])
+    }
+
+
+class _RecordedArgs:
+    """Flag values that record which flags are read: what ``make_model`` uses for one ``--model``."""
+
+    def __init__(self, values: dict[str, Any]):
+        self._values = values
+        self.read: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name not in self._values:
+            raise AttributeError(name)
+        if name not in self.read:
+            self.read.append(name)
+        return self._values[name]
+
+
+def _model_flags(training: dict[str, Any], num_train_timesteps: int) -> tuple[list[str], set[str]]:
+    """The flags ``make_model`` reads for the run's ``--model`` (in order), and those only others read.
+
+    Every ``--model`` choice is built from the config over the trainer's defaults, on the ``meta`` device: no
+    memory, no random numbers, nothing computed.
+    """
+    parser = build_parser()
+    defaults = {action.dest: action.default for action in parser._actions}
+    reads = {}
+    for choice in parser._option_string_actions["--model"].choices:
+        args = _RecordedArgs({**defaults, **training, "model": choice})
+        try:
+            with torch.device("meta"):
+                make_model(args, num_train_timesteps)
+        except (ValueError, TypeError, KeyError):
+            pass  # a bad value (an old config's) fails the build only after its flag was read
+        reads[choice] = args.read
+    chosen = reads.get(training.get("model", defaults["model"]), [])
+    return chosen, {flag for flags in reads.values() for flag in flags} - set(chosen)
 
 
 def write_model_card(
@@ -271,11 +339,15 @@ def stage_pipeline(
     staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}-partial-"))
     try:
         shutil.copy2(folder / "model_index.json", staging / "model_index.json")
+        # A custom pipeline class that save_pretrained already made portable: its module beside the index.
+        pipeline_module = index["_class_name"][0] if isinstance(index["_class_name"], list) else None
+        if pipeline_module and (folder / f"{pipeline_module}.py").is_file():
+            shutil.copy2(folder / f"{pipeline_module}.py", staging / f"{pipeline_module}.py")
         for component in _components(index):
             _check_safetensors(folder / component)
             shutil.copytree(folder / component, staging / component, ignore=shutil.ignore_patterns("*.bin"))
         if (folder / TRAINING_CONFIG_FILE).is_file():
-            shutil.copy2(folder / TRAINING_CONFIG_FILE, staging / TRAINING_CONFIG_FILE)
+            _stage_training_config(folder / TRAINING_CONFIG_FILE, staging / TRAINING_CONFIG_FILE)
         if metrics:
             (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
         make_portable(staging)
@@ -365,9 +437,22 @@ def _read_model_index(folder: Path) -> dict[str, Any]:
 
 
 def _read_training_config(folder: Path) -> dict[str, Any]:
+    """The saved training config without :data:`SECRET_KEYS` (empty when there is none)."""
     path = folder / TRAINING_CONFIG_FILE
     config = yaml.safe_load(path.read_text()) if path.is_file() else None
-    return config if isinstance(config, dict) else {}
+    if not isinstance(config, dict):
+        return {}
+    return {key: value for key, value in config.items() if key not in SECRET_KEYS}
+
+
+def _stage_training_config(source: Path, target: Path) -> None:
+    """Copy the training config, rewritten without :data:`SECRET_KEYS` when it holds one."""
+    config = yaml.safe_load(source.read_text())
+    if isinstance(config, dict) and any(key in config for key in SECRET_KEYS):
+        safe = {key: value for key, value in config.items() if key not in SECRET_KEYS}
+        target.write_text(yaml.safe_dump(safe, sort_keys=False))
+    else:
+        shutil.copy2(source, target)
 
 
 def _components(index: dict[str, Any]) -> list[str]:
@@ -399,58 +484,65 @@ def _dataset_id(name: str) -> str | None:
     return name if re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not Path(name).exists() else None
 
 
-def _degradation_of(scheduler_config: dict[str, Any]) -> str:
-    """``BlurScheduler`` -> ``blur``: the degradation named by a cold scheduler's class."""
-    name = re.sub(r"(Cold)?(Diffusion)?Scheduler$", "", scheduler_config.get("_class_name", ""))
-    return re.sub(r"(?<!^)(?=[A-Z])", "-", name).lower() or "cold"
-
-
-def _objective(gaussian: bool, scheduler_config: dict[str, Any], training: dict[str, Any]) -> str:
-    if gaussian:
-        return f"predict `{scheduler_config.get('prediction_type', 'epsilon')}`, MSE"
-    return f"restore the clean image, {str(training.get('loss', 'l1')).upper()} loss"
-
-
-def _usage(repo_id: str, gaussian: bool, num_steps: int) -> str:
-    load = f'pipe = DiffusionPipeline.from_pretrained("{repo_id}", trust_remote_code=True)'
-    if gaussian:
-        return "\n".join(
-            [
-                "import torch",
-                "from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler",
-                "",
-                load,
-                f"# DDPM uses all {num_steps} steps; DPM-Solver++ from the same config needs far fewer.",
-                "pipe.scheduler = DPMSolverMultistepScheduler.from_config(",
-                '    pipe.scheduler.config, algorithm_type="sde-dpmsolver++",',
-                "    thresholding=True, sample_max_value=1.0,  # keeps each x0 estimate in the pixel range",
-                ")",
-                "generator = torch.Generator().manual_seed(0)",
-                f"images = pipe(batch_size=16, num_inference_steps={min(25, num_steps)}, "
-                "generator=generator).images",
-                'images[0].save("sample.png")',
-            ]
+def _load_scheduler(folder: Path, index: dict[str, Any]):
+    """The trained scheduler saved in ``folder``, built with the installed class its entry names."""
+    entry = index.get("scheduler")
+    if not isinstance(entry, list) or entry[0] is None:
+        raise ValueError(
+            f"{str(folder / 'model_index.json')!r} names no scheduler; is this a saved pipeline?"
         )
-    return "\n".join(
-        [
-            "import torch",
-            "from diffusers import DiffusionPipeline",
-            "",
-            load,
-            "generator = torch.Generator().manual_seed(0)",
-            "# sampling: 'improved' (Algorithm 2 of Bansal et al.), 'naive' or 'direct'",
-            f"images = pipe(batch_size=16, num_inference_steps={num_steps}, generator=generator, "
-            'sampling="improved").images',
-            'images[0].save("sample.png")',
-        ]
+    return imported_class(entry[1]).from_pretrained(folder, subfolder="scheduler")
+
+
+def _class_name(entry: str | list[str]) -> str:
+    """The class of a ``model_index.json`` entry (``[library, class]`` or, for the pipeline, a name)."""
+    return entry[-1] if isinstance(entry, list) else entry
+
+
+def _description(process: ForwardProcess, index: dict[str, Any]) -> str:
+    """The card's opening: the process's own summary, its samplers, and the custom code it ships."""
+    samplers = "; ".join(
+        f"`{name}`: {sampler.label}, {_steps(process.default_steps(name))}"
+        + (" (the default, in the snippet below)" if name == process.default_sampler else "")
+        for name, sampler in process.samplers.items()
     )
+    text = f"{process.summary()}\n\nSamplers (the `sampler` of the project's tools): {samplers}."
+    names = [_class_name(index["_class_name"])]
+    names += [_class_name(entry) for entry in (index[name] for name in _components(index))]
+    custom = [name for name in dict.fromkeys(names) if not hasattr(diffusers, name)]
+    if custom:
+        classes = ", ".join(f"`{name}`" for name in custom)
+        text += (
+            f" {classes} {'is' if len(custom) == 1 else 'are'} custom code shipped in this repository, hence "
+            "`trust_remote_code=True`."
+        )
+    return text
 
 
-def _process(scheduler_config: dict[str, Any], training: dict[str, Any], gaussian: bool) -> str:
-    """The forward process: the scheduler's class and its settings, long arrays summarised."""
-    rows = [("Scheduler", f"`{scheduler_config.get('_class_name', '?')}`")]
-    if gaussian and training.get("noise_schedule"):
-        rows.append(("Beta schedule", f"`{training['noise_schedule']}`"))
+def _steps(count: int) -> str:
+    return f"{count} step" + ("" if count == 1 else "s")
+
+
+def _process(process: ForwardProcess, scheduler_config: dict[str, Any], training: dict[str, Any]) -> str:
+    """The forward process: its name, randomness, scheduler and settings, long arrays summarised."""
+    rows = [
+        ("`--degradation`", f"`{process.name}`"),
+        ("Process", process.describe()),
+        (
+            "Randomness",
+            "stochastic: a fresh random draw per image"
+            if process.stochastic
+            else "deterministic: `D(x0, t)` depends on `x0` and `t` only",
+        ),
+        ("Scheduler", f"`{scheduler_config.get('_class_name', '?')}`"),
+    ]
+    # Options of the process that the saved scheduler config does not record (a schedule's name).
+    options = process_options()
+    rows += [
+        (f"`{key}` (training option)", f"`{value}`")
+        for key, value in training.items()
+        if key in options and key not in scheduler_config and value is not None
+    ]
     # Explicit betas override the scheduler's own schedule settings, which would only mislead here.
     ignored = {"beta_start", "beta_end", "beta_schedule"} if scheduler_config.get("trained_betas") else set()
     for key, value in scheduler_config.items():
@@ -464,41 +556,77 @@ def _process(scheduler_config: dict[str, Any], training: dict[str, Any], gaussia
     return _table(rows, header=("Setting", "Value"))
 
 
-def _training(training: dict[str, Any]) -> str:
+def _training(training: dict[str, Any], process: ForwardProcess) -> str:
+    """The run's main settings and every argument that applied to it (see :func:`applied_training_config`)."""
     if not training:
         return f"No `{TRAINING_CONFIG_FILE}` was saved with this pipeline."
-    summary = [
-        (key, f"`{training[key]}`")
-        for key in (
-            "model",
-            "n_hidden",
-            "unet_preset",
-            "num_epochs",
-            "max_train_steps",
-            "train_batch_size",
-            "learning_rate",
-            "lr_scheduler",
-            "use_ema",
-            "mixed_precision",
-            "seed",
-        )
-        if training.get(key) is not None
-    ]
+    model, _ = _model_flags(training, process.num_train_timesteps)
+    keys = dict.fromkeys(["model", *model, *_MAIN_TRAINING_SETTINGS])
+    summary = [(key, f"`{training[key]}`") for key in keys if training.get(key) is not None]
     full = yaml.safe_dump(training, sort_keys=False).strip()
     return (
         "Trained with `training/train.py` of the project; the main settings:\n\n"
         f"{_table(summary, header=('Setting', 'Value'))}\n\n"
-        f"<details><summary>All arguments ({TRAINING_CONFIG_FILE})</summary>\n\n"
+        f"<details><summary>The arguments that applied to this run ({TRAINING_CONFIG_FILE}, without the "
+        "options of other models and forward processes)</summary>\n\n"
         f"```yaml\n{full}\n```\n\n</details>"
     )
 
 
-def _evaluation(metrics: dict[str, Any]) -> str:
-    if not metrics:
+def _logged_quality(folder: Path) -> dict[str, Any]:
+    """The latest evaluation the trainer logged (``--eval_epochs``), or an empty dict when it logged none."""
+    path = folder / TRAINING_LOG_FILE
+    latest: dict[str, Any] = {}
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a stopped run
+        if isinstance(record, dict) and _is_number(record.get("fid")):
+            latest = record
+    return latest
+
+
+def _evaluation(
+    metrics: dict[str, Any], logged: dict[str, Any], training: dict[str, Any], process: ForwardProcess
+) -> str:
+    """The metrics of ``scripts/evaluate.py``, else the trainer's latest logged ones, else how to add them."""
+    if metrics:
+        network = metrics.get("feature_network")
+        text = "Computed by `scripts/evaluate.py` against the MNIST test set (all values in `metrics.json`)"
+        if network:
+            text += f"; FID and KID use features from {_FEATURE_NETWORKS.get(network, f'`{network}`')}"
+        settings = [
+            f"`{key}` = {_format(metrics[key]) if _is_number(metrics[key]) else metrics[key]}"
+            for key in _METRIC_SETTINGS
+            if metrics.get(key) is not None
+        ]
+        if settings:
+            text += f". Samples: {', '.join(settings)}"
+        return f"{text}.\n\n{_metric_table(metrics)}"
+    if logged:
+        sampler = training.get("sampler") or process.default_sampler
+        steps = training.get("sample_inference_steps") or process.default_steps(sampler)
+        images = training.get("num_validation_images")
+        reference = f"{images:,} images" if _is_number(images) else "all images"
+        reference += f" of the `{training.get('validation_split', 'test')}` split"
+        count = logged.get("num_images")
+        drawn = f"{_format(count)} samples" if _is_number(count) else "samples"
+        when = f"epoch {logged.get('epoch', '?')}" + (f", step {logged['step']}" if "step" in logged else "")
         return (
-            "Not evaluated yet: run `scripts/evaluate.py` on the pipeline folder to add FID, KID, "
-            "Inception score and class balance."
+            "Logged by `training/train.py` during training (`--eval_epochs`): its latest evaluation, at "
+            f"{when}, of {drawn} drawn with the `{sampler}` sampler in {steps} steps against {reference} of "
+            "the training dataset; FID and KID use features from "
+            f"{_FEATURE_NETWORKS['mnist']}. `scripts/evaluate.py` gives a fuller evaluation.\n\n"
+            f"{_metric_table({k: v for k, v in logged.items() if k not in ('step', 'epoch')})}"
         )
+    return (
+        "Not evaluated yet: run `scripts/evaluate.py` on the pipeline folder to add FID, KID, "
+        "Inception score and class balance."
+    )
+
+
+def _metric_table(metrics: dict[str, Any]) -> str:
     rows, used = [], set(_METRIC_SETTINGS)
     for key, label in _METRIC_ROWS:
         mean, std = metrics.get(key, metrics.get(f"{key}_mean")), metrics.get(f"{key}_std")
@@ -510,19 +638,7 @@ def _evaluation(metrics: dict[str, Any]) -> str:
         for key, value in metrics.items()
         if key not in used and _is_number(value)
     ]
-
-    network = metrics.get("feature_network")
-    text = "Computed by `scripts/evaluate.py` against the MNIST test set (all values in `metrics.json`)"
-    if network:
-        text += f"; FID and KID use features from {_FEATURE_NETWORKS.get(network, f'`{network}`')}"
-    settings = [
-        f"`{key}` = {_format(metrics[key]) if _is_number(metrics[key]) else metrics[key]}"
-        for key in _METRIC_SETTINGS
-        if metrics.get(key) is not None
-    ]
-    if settings:
-        text += f". Samples: {', '.join(settings)}"
-    return f"{text}.\n\n{_table(rows, header=('Metric', 'Value'))}"
+    return _table(rows, header=("Metric", "Value"))
 
 
 def _is_number(value: Any) -> bool:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 from functools import partial
 
 import torch
 from diffusers import DiffusionPipeline
 
 from .cold import ColdDiffusionScheduler
-from .forward_process import ForwardProcess, Loss, Sampler, register_process_type
+from .forward_process import ForwardProcess, Loss, Sampler, register_process_type, usage_snippet
 
 
 def _with_sampling(sampling: str, scheduler: ColdDiffusionScheduler) -> ColdDiffusionScheduler:
@@ -41,6 +42,7 @@ class ColdProcess(ForwardProcess):
     }
     default_sampler = "improved"
     restores = True
+    family = "cold-diffusion"
 
     @property
     def name(self) -> str:
@@ -76,3 +78,50 @@ class ColdProcess(ForwardProcess):
         return (
             f"cold diffusion, {self.name} ({type(self.scheduler).__name__}), T = {self.num_train_timesteps}"
         )
+
+    @property
+    def label(self) -> str:
+        return f"Cold diffusion ({self.name})"
+
+    @property
+    def stochastic(self) -> bool:
+        """Asks the scheduler: its :meth:`~ColdDiffusionScheduler.draw` returns a tensor (``None``: none)."""
+        return self.scheduler.draw(self._probe_images().shape, torch.Generator().manual_seed(0)) is not None
+
+    @property
+    def objective(self) -> str:
+        """Asks the scheduler: whether the target of its training examples is the clean image."""
+        x0 = self._probe_images()
+        last = torch.full((len(x0),), self.num_train_timesteps)
+        _, target = self.scheduler.training_example(x0, last, torch.Generator().manual_seed(0))
+        if torch.equal(target, x0):
+            return "restore the clean image `x0`"
+        return f"predict the target of `{type(self.scheduler).__name__}.training_example` (not `x0`)"
+
+    def summary(self) -> str:
+        kind = "stochastic (a fresh random draw per image)" if self.stochastic else "deterministic"
+        doc = inspect.getdoc(type(self.scheduler)) or ""
+        what = " ".join(doc.split("\n\n")[0].split()).replace("``", "`")
+        return (
+            "A cold-diffusion model (Bansal et al., 2022): instead of Gaussian noise, the forward process is "
+            f"the {kind} **{self.name}** degradation over T = {self.num_train_timesteps} steps, and the "
+            f"network learns to {self.objective}. "
+            + (f"**{self.name}**: {what} " if what else "")
+            + "Sampling starts from a fully degraded image drawn from a prior fitted to degraded training "
+            "images and restores it step by step."
+        )
+
+    def usage(self, repo_id: str) -> str:
+        """Sampling with :attr:`default_sampler`, chosen by the pipeline call's ``sampler`` argument."""
+        choices = (f'#   "{name}": {sampler.label}' for name, sampler in self.samplers.items())
+        return usage_snippet(
+            repo_id,
+            self.default_steps(),
+            setup=("# sampler= picks one of", *choices),
+            call=f', sampler="{self.default_sampler}"',
+        )
+
+    def _probe_images(self) -> torch.Tensor:
+        """Two random images in ``[-1, 1]`` of the scheduler's size (else 28), to ask the scheduler about."""
+        size = self.scheduler.config.get("sample_size", 28)
+        return torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1

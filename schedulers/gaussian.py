@@ -7,10 +7,11 @@ from diffusers import (
     DDIMScheduler,
     DDPMPipeline,
     DDPMScheduler,
+    DiffusionPipeline,
     DPMSolverMultistepScheduler,
 )
 
-from .forward_process import ForwardProcess, Loss, Sampler, register_process_type
+from .forward_process import ForwardProcess, Loss, Sampler, register_process_type, usage_snippet
 
 
 def _dpm_solver(scheduler: DDPMScheduler) -> DPMSolverMultistepScheduler:
@@ -43,6 +44,7 @@ class GaussianProcess(ForwardProcess):
         "dpmsolver": Sampler("DPM-Solver++", 25, _dpm_solver),
     }
     default_sampler = "dpmsolver"
+    family = "ddpm"
 
     @property
     def name(self) -> str:
@@ -78,7 +80,55 @@ class GaussianProcess(ForwardProcess):
         return self.scheduler.add_noise(x0, noise.to(x0.device, x0.dtype), timesteps)
 
     def make_pipeline(self, unet: torch.nn.Module) -> DDPMPipeline:
+        """The stock ``DDPMPipeline`` that is saved (plain Diffusers loads the folder)."""
         return DDPMPipeline(unet=unet, scheduler=self.scheduler)
+
+    def with_sampler(self, pipeline: DiffusionPipeline, sampler: str) -> DiffusionPipeline:
+        """A :class:`~pipelines.ddpm.DDPMCallbackPipeline` sampling with ``sampler``.
+
+        It runs the stock ``DDPMPipeline`` loop plus ``callback_on_step_end``, with the ``sampler`` scheduler
+        built from this (trained) scheduler.
+        """
+        from pipelines.ddpm import DDPMCallbackPipeline
+
+        return DDPMCallbackPipeline(**super().with_sampler(pipeline, sampler).components)
 
     def describe(self) -> str:
         return f"Gaussian DDPM, T = {self.num_train_timesteps} training timesteps"
+
+    @property
+    def label(self) -> str:
+        return "Gaussian DDPM"
+
+    @property
+    def stochastic(self) -> bool:
+        return True
+
+    @property
+    def objective(self) -> str:
+        return f"predict `{self.scheduler.config.prediction_type}`"
+
+    def summary(self) -> str:
+        return (
+            "A denoising diffusion probabilistic model (Ho et al., 2020): the forward process adds Gaussian "
+            f"noise over T = {self.num_train_timesteps} steps, and from a noisy image and its timestep the "
+            f"network learns to {self.objective}; sampling starts from pure Gaussian noise. Every sampler is "
+            "a stock Diffusers scheduler built `from_config` of the trained one, so all share its noise "
+            "schedule."
+        )
+
+    def usage(self, repo_id: str) -> str:
+        """Sampling with DPM-Solver++, built as ``_dpm_solver`` builds it (keep the two in step)."""
+        return usage_snippet(
+            repo_id,
+            self.default_steps(),
+            imports=", DPMSolverMultistepScheduler",
+            setup=(
+                f"# DDPM uses all {self.num_train_timesteps} steps; DPM-Solver++ from the same config needs "
+                "far fewer.",
+                "pipe.scheduler = DPMSolverMultistepScheduler.from_config(",
+                '    pipe.scheduler.config, algorithm_type="sde-dpmsolver++",',
+                "    thresholding=True, sample_max_value=1.0,  # keeps each x0 estimate in the pixel range",
+                ")",
+            ),
+        )

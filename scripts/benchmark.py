@@ -18,13 +18,11 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from pipelines import load_pipeline  # noqa: E402
-from evaluation.benchmark import (  # noqa: E402
+from evaluation.benchmark import (
     VARIANTS,
     Reference,
     ThroughputPlan,
+    check_samplers,
     compare_samplers,
     compare_training,
     cpu_supports_bf16,
@@ -35,8 +33,10 @@ from evaluation.benchmark import (  # noqa: E402
     train_argv,
     train_steps,
 )
-from training.cli import ArgumentParser, run_cli  # noqa: E402
-from training.data import default_mnist, load_split  # noqa: E402
+from pipelines import load_pipeline
+from schedulers import forward_process
+from training.cli import ArgumentParser, run_cli
+from training.data import default_mnist, load_split
 
 QUICKSTART_DIR = Path("outputs/quickstart")
 # Defaults of the full run and of --quick (a smoke run: tiny data, a tiny UNet, few steps and samples).
@@ -75,7 +75,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 QUIET_TRAINING = {
     "save_images_epochs": 10**6,
     "num_sample_images": 4,
-    "sample_scheduler": "dpmsolver",
+    "sampler": "dpmsolver",
     "sample_inference_steps": 10,
     "checkpointing_steps": 10**9,
 }
@@ -91,7 +91,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=default_mnist(),
         help="Hub id or local parquet folder (default: ../shared/data/mnist when present)",
     )
-    parser.add_argument("--model", default=None, help=f"Gaussian pipeline to sample; {QUICKSTART_DIR}")
+    parser.add_argument(
+        "--model", default=None, help=f"Gaussian pipeline to sample (ddpm, ddim, dpmsolver); {QUICKSTART_DIR}"
+    )
     parser.add_argument("--unet_preset", choices=("tiny", "small", "base"), default=None)
     parser.add_argument("--batch_size", type=int, default=None)
     parser.add_argument("--learning_rate", type=float, default=1e-3, help="the quickstart's")
@@ -132,6 +134,10 @@ def _validate(args: argparse.Namespace) -> None:
         raise ValueError(f"--model {args.model!r} is not a folder")
     if args.model is None and not args.quick and not QUICKSTART_DIR.is_dir():
         raise ValueError(f"no model to sample: pass --model DIR or run `make quickstart` ({QUICKSTART_DIR})")
+    model_dir = args.model or (str(QUICKSTART_DIR) if QUICKSTART_DIR.is_dir() else None)
+    if model_dir is not None:
+        # Before the long training sections: the model must offer every sampler the benchmark times.
+        check_samplers(forward_process(load_pipeline(model_dir)))
 
 
 def network_argv(args: argparse.Namespace, model: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""Gradio demo: generate digits with the project's pipelines and watch the reverse process.
+"""Gradio demo: generate digits with the project's pipelines, watch the reverse process, restore a digit.
 
     python scripts/demo.py [--model outputs/quickstart --model USER/NAME ...] [--host 127.0.0.1 --port 7860]
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from training.cli import run_cli
 from app.demo import DEFAULT_MODEL, DEFAULT_TEST_DATA, build_demo
+from training.cli import run_cli
 
 
 def main(argv: list[str] | None = None) -> None:

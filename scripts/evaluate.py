@@ -1,14 +1,15 @@
 """Score samples of a saved pipeline (or a ``.npy`` of images) against MNIST; write metrics.json and figures.
 
-    python scripts/evaluate.py --model outputs/quickstart --num_images 1000 --scheduler dpmsolver \\
+    python scripts/evaluate.py --model outputs/quickstart --num_images 1000 --sampler dpmsolver \\
         --num_inference_steps 25 --seed 0 --output outputs/quickstart/eval/metrics.json
     python scripts/evaluate.py --samples samples.npy --output metrics.json
 
 Reports FID and KID against the MNIST test set (with the FID floor of as many real training images),
 the Inception-style score, the predicted-class histogram, its normalized entropy and the mean classifier
-confidence; for a model also the sampling speed and per-t curves (Kolmogorov-Smirnov normality of the
-forward process for Gaussian schedules, restoration PSNR/SSIM for cold ones). Figures go beside the
-output: a sample grid, the class histogram, the 16 most and least confident samples and the per-t curves.
+confidence; for a model also the sampling speed and per-t curves (restoration PSNR/SSIM when its forward
+process restores images, as cold ones do; else the Kolmogorov-Smirnov normality of the forward process).
+Figures go beside the output: a sample grid, the class histogram, the 16 most and least confident samples
+and the per-t curves.
 """
 
 from __future__ import annotations
@@ -23,9 +24,6 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from pipelines import load_pipeline
-from training.cli import run_cli
-from training.data import default_mnist, load_split, uint8_to_unit_range
 from evaluation.metrics import (
     FEATURE_NETWORKS,
     SampleQuality,
@@ -33,26 +31,39 @@ from evaluation.metrics import (
     images01_from_array,
     restoration_quality,
 )
-from pipelines.sampling import COLD_SAMPLERS, GAUSSIAN_SAMPLERS, generate, is_gaussian, save_grid
+from pipelines import load_pipeline
+from pipelines.sampling import generate, save_grid
+from schedulers import ForwardProcess, forward_process
+from training.cli import ArgumentParser, run_cli
+from training.data import default_mnist, load_split, uint8_to_unit_range
+from training.train import all_sampler_names
 
 NUM_EXTREMES = 16
 P_VALUE_FLOOR = 1e-20
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="saved pipeline folder to sample from")
     source.add_argument("--samples", help=".npy images (N, 28, 28): uint8 or float in [0, 1]")
     parser.add_argument("--num_images", type=int, default=1000, help="samples to draw (with --model)")
-    parser.add_argument("--scheduler", choices=GAUSSIAN_SAMPLERS + COLD_SAMPLERS, default=None)
+    parser.add_argument(
+        "--sampler",
+        choices=all_sampler_names(),
+        default=None,
+        help="a sampler of the model's forward process (default: the process's own)",
+    )
     parser.add_argument(
         "--start",
         choices=("prior", "test"),
         default="prior",
-        help="cold models: sample the prior (unconditional) or restore degraded test images (conditional)",
+        help="models that restore images (cold): sample the prior (unconditional) or restore degraded test "
+        "images (conditional)",
     )
-    parser.add_argument("--num_inference_steps", type=int, default=None, help="default: T")
+    parser.add_argument(
+        "--num_inference_steps", type=int, default=None, help="default: the sampler's usual count"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--features", choices=FEATURE_NETWORKS, default="mnist")
@@ -85,25 +96,34 @@ def load_samples(path: str) -> torch.Tensor:
     return images01_from_array(array)
 
 
-def per_t_metrics(pipeline, args: argparse.Namespace, test) -> dict:
-    """Forward-process normality (Gaussian) or restoration quality per severity (cold)."""
-    if is_gaussian(pipeline):
+def curve_sampler(process: ForwardProcess, sampler: str) -> str:
+    """The iterative sampler of the restoration curves: ``sampler``, unless it takes a single step.
+
+    The curves set one restoration step against the iterative run, so a one-step sampler (``direct``) is
+    compared through the process's default sampler instead.
+    """
+    return process.default_sampler if process.samplers[sampler].default_steps == 1 else sampler
+
+
+def per_t_metrics(pipeline, sampler: str, args: argparse.Namespace, test) -> dict:
+    """Restoration quality per severity (processes that restore images), else forward-process normality."""
+    process = forward_process(pipeline)
+    if not process.restores:
         return {"kind": "forward_process_normality"} | forward_process_normality(
-            pipeline.scheduler, test, args.per_t_images, args.seed
+            pipeline, test, args.per_t_images, args.seed
         )
-    num_train_timesteps = pipeline.scheduler.config.num_train_timesteps
-    points = min(args.per_t_points, num_train_timesteps)
-    timesteps = np.unique(np.linspace(1, num_train_timesteps, points).round().astype(int)).tolist()
-    sampling = args.scheduler if args.scheduler in ("improved", "naive") else "improved"
-    return {"kind": "restoration", "sampling": sampling} | restoration_quality(
-        pipeline.unet,
-        pipeline.scheduler,
+    first, last = process.timestep_range
+    points = min(args.per_t_points, last - first)
+    timesteps = np.unique(np.linspace(first + 1, last, points).round().astype(int)).tolist()
+    sampler = curve_sampler(process, sampler)
+    return {"kind": "restoration", "sampler": sampler} | restoration_quality(
+        pipeline,
         test,
         timesteps,
-        args.num_inference_steps,
-        sampling,
-        args.per_t_images,
-        args.seed,
+        num_inference_steps=args.num_inference_steps,
+        sampler=sampler,
+        num_images=args.per_t_images,
+        seed=args.seed,
     )
 
 
@@ -134,7 +154,7 @@ def plot_per_t(per_t: dict, path: Path) -> None:
         figure = Figure(figsize=(10, 3.5))
         axes = figure.subplots(1, 2)
         for axis, metric in zip(axes, ("psnr", "ssim"), strict=True):
-            for mode, label in (("direct", "direct"), ("iterative", f"iterative ({per_t['sampling']})")):
+            for mode, label in (("direct", "direct"), ("iterative", f"iterative ({per_t['sampler']})")):
                 axis.plot(per_t["severity"], per_t[f"{metric}_{mode}"], marker="o", label=label)
             axis.set(xlabel="severity t / T", ylabel=metric.upper(), title=f"restoration {metric.upper()}")
             axis.legend()
@@ -152,12 +172,17 @@ def main(argv: list[str] | None = None) -> None:
         "samples": args.samples,
         "feature_network": args.features,
     }
-    test, train = load_split(args.dataset_name, "test"), load_split(args.dataset_name, "train")
-    pipeline = None
+    # Bad input (the samples, or a sampler the model lacks) is reported before the data is read.
+    pipeline = sampler = None
     if args.samples:
         images = load_samples(args.samples)
     else:
         pipeline = load_pipeline(args.model).to(args.device)
+        process = forward_process(pipeline)
+        sampler = args.sampler or process.default_sampler
+        process.check_sampler(sampler, args.num_inference_steps)
+    test, train = load_split(args.dataset_name, "test"), load_split(args.dataset_name, "train")
+    if pipeline is not None:
         if args.start == "test" and args.num_images > len(test.images):
             raise ValueError(f"--num_images {args.num_images} exceeds the {len(test.images)} test images")
         start_images = uint8_to_unit_range(test.images[: args.num_images]) if args.start == "test" else None
@@ -165,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
         images = generate(
             pipeline,
             args.num_images,
-            args.scheduler,
+            sampler,
             args.num_inference_steps,
             args.seed,
             args.batch_size,
@@ -174,8 +199,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         seconds = time.perf_counter() - began
         metrics |= {
-            "scheduler": args.scheduler,
-            "num_inference_steps": args.num_inference_steps,
+            "sampler": sampler,
+            "num_inference_steps": args.num_inference_steps or process.default_steps(sampler),
             "start": args.start,
             "seed": args.seed,
             "sampling_seconds": seconds,
@@ -198,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     figures["least_confident"] = output.with_name(f"{output.stem}_least_confident.png")
     save_grid(images[order[-count:].flip(0)], figures["least_confident"])
     if pipeline is not None:
-        metrics["per_t"] = per_t_metrics(pipeline, args, test)
+        metrics["per_t"] = per_t_metrics(pipeline, sampler, args, test)
         figures["per_t"] = output.with_name(f"{output.stem}_per_t.png")
         plot_per_t(metrics["per_t"], figures["per_t"])
     metrics["figures"] = {name: path.name for name, path in figures.items()}  # beside the JSON

@@ -9,16 +9,15 @@ With ``--stage_dir`` the folder is left untouched and ``upload/`` receives exact
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from training.cli import run_cli
 from publishing.hub import CARD_FILE, stage_pipeline, write_model_card
+from training.cli import ArgumentParser, run_cli
 
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the flags and write the card (or the staged upload folder)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", help="Saved pipeline folder (written by training/train.py).")
     parser.add_argument(
         "--repo_id", default=None, help="Hub id for the usage snippet (default: FOLDER, loadable locally)."

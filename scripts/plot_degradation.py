@@ -2,8 +2,9 @@
 
     python scripts/plot_degradation.py --model outputs/experiments/cold_rows --output degradation.png
 
-Gaussian pipelines show ``x_t`` of ``q(x_t | x0)`` (their ``add_noise``); cold ones ``D(x0, t)`` of their
-scheduler, with one random draw per digit for all columns so that the same corruption grows along a row.
+Each column is ``D(x0, t)`` of the pipeline's forward process (``x_t`` of ``q(x_t | x0)`` for Gaussian DDPM),
+from the clean digit to the last timestep, with one random draw per digit for all columns so that the same
+corruption grows along a row.
 """
 
 from __future__ import annotations
@@ -16,40 +17,36 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipelines import load_pipeline  # noqa: E402
-from training.cli import ArgumentParser, run_cli  # noqa: E402
-from training.data import default_mnist, load_split, to_model_range, to_unit_range  # noqa: E402
-from pipelines.sampling import is_gaussian  # noqa: E402
+from pipelines import load_pipeline
+from schedulers import ForwardProcess, forward_process
+from training.cli import ArgumentParser, run_cli
+from training.data import default_mnist, load_split, to_model_range, to_unit_range
 
 
-def degradation_timesteps(pipeline, num_columns: int) -> list[int]:
-    """``num_columns`` distinct timesteps from clean to fully degraded (Gaussian: ``T - 1``, cold: ``T``)."""
-    last = pipeline.scheduler.config.num_train_timesteps - (1 if is_gaussian(pipeline) else 0)
-    return np.unique(np.linspace(0, last, num_columns).round().astype(int)).tolist()
+def degradation_timesteps(process: ForwardProcess, num_columns: int) -> list[int]:
+    """``num_columns`` distinct timesteps over the process's range, from clean to fully degraded."""
+    first, last = process.timestep_range
+    return np.unique(np.linspace(first, last, num_columns).round().astype(int)).tolist()
 
 
 @torch.inference_mode()
-def degrade_series(pipeline, images: torch.Tensor, timesteps: list[int], seed: int) -> torch.Tensor:
+def degrade_series(
+    process: ForwardProcess, images: torch.Tensor, timesteps: list[int], seed: int
+) -> torch.Tensor:
     """``(digits, len(timesteps), 1, H, W)`` in ``[0, 1]``: each digit degraded to each timestep.
 
     Args:
-        pipeline: a saved Gaussian or cold pipeline.
+        process: the forward process of a saved pipeline.
         images: ``uint8`` test digits ``(N, H, W)``.
-        timesteps: where to show the forward process; ``0`` is the clean digit.
-        seed: fixes the noise (Gaussian) or the degradation's random draw (cold).
+        timesteps: where to show the forward process; the first of its range is the clean digit.
+        seed: fixes the random draw (the noise of Gaussian DDPM), the same for every column.
     """
     x0 = to_model_range(images)
-    generator = torch.Generator().manual_seed(seed)
-    scheduler = pipeline.scheduler
-    if is_gaussian(pipeline):
-        noise = torch.randn(x0.shape, generator=generator)
-        columns = [
-            x0 if t == 0 else scheduler.add_noise(x0, noise, torch.full((len(x0),), t)) for t in timesteps
-        ]
-    else:
-        draw = scheduler.draw(tuple(x0.shape), generator)
-        columns = [scheduler.degrade(x0, t, draw=draw) for t in timesteps]
+    first, _ = process.timestep_range
+    # D(x0, first) = x0 by definition; a fresh generator with one seed per column repeats the draw.
+    columns = [
+        x0 if t == first else process.degrade(x0, t, torch.Generator().manual_seed(seed)) for t in timesteps
+    ]
     return to_unit_range(torch.stack(columns, dim=1))
 
 
@@ -92,14 +89,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     """Load the pipeline and the digits, degrade them and save the picture."""
     args = parse_args(argv)
-    pipeline = load_pipeline(args.model)
+    process = forward_process(load_pipeline(args.model))
     images = load_split(args.dataset_name, "test", args.num_digits).images
-    timesteps = degradation_timesteps(pipeline, args.num_columns)
-    series = degrade_series(pipeline, images, timesteps, args.seed)
-    name = type(pipeline.scheduler).__name__
-    plot_series(
-        series, timesteps, f"{Path(args.model).name}: forward process D(x0, t) of {name}", args.output
-    )
+    timesteps = degradation_timesteps(process, args.num_columns)
+    series = degrade_series(process, images, timesteps, args.seed)
+    title = f"{Path(args.model).name}: forward process D(x0, t), {process.describe()}"
+    plot_series(series, timesteps, title, args.output)
     print(f"wrote {args.output}")
 
 

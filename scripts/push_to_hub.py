@@ -9,16 +9,15 @@ Needs a token with write access (``hf auth login`` or ``HF_TOKEN``). What is upl
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from training.cli import run_cli
 from publishing.hub import push_pipeline
+from training.cli import ArgumentParser, run_cli
 
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the flags, stage the folder and upload it."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", help="Saved pipeline folder (written by training/train.py).")
     parser.add_argument("repo_id", help="Hub model repo, USER/NAME or ORG/NAME (created if missing).")
     parser.add_argument("--private", action="store_true", help="Create the repo as private.")

@@ -22,16 +22,15 @@ import numpy as np
 import yaml
 from matplotlib.figure import Figure
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
-from plot_run import plot_runs, read_log  # noqa: E402
+from evaluation.training_logs import plot_runs, read_log
+from schedulers.noise_schedules import make_betas
+from training.cli import ArgumentParser, run_cli
 
-from schedulers.noise_schedules import make_betas  # noqa: E402
-from training.cli import ArgumentParser, run_cli  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 GAUSSIAN_RUNS = ("ddpm_coursework", "ddpm_cosine_unet")
 SAMPLER_LABELS = {"dpmsolver": "DPM-Solver++", "ddim": "DDIM", "ddpm": "DDPM"}
-# Evaluation files of a cold run: (stem, sampling, start).
+# Evaluation files of a cold run: (stem, sampler, start).
 COLD_EVALUATIONS = (
     ("metrics", "improved", "prior"),
     ("naive", "naive", "prior"),
@@ -120,7 +119,7 @@ def gaussian_table(runs_dir: Path) -> Table:
     for name in GAUSSIAN_RUNS:
         for stem in ("metrics", "ddim50"):
             metrics = read_json(runs_dir / name / f"{stem}.json")
-            sampler = f"{SAMPLER_LABELS[metrics['scheduler']]} {metrics['num_inference_steps']}"
+            sampler = f"{SAMPLER_LABELS[metrics['sampler']]} {metrics['num_inference_steps']}"
             rows.append([name, sampler, *quality_cells(metrics), fmt(metrics["images_per_second"], 0)])
     return Table("gaussian", ["run", "sampler", *QUALITY_HEADER, "images/s"], rows)
 
@@ -142,14 +141,14 @@ def schedule_table(runs_dir: Path) -> Table:
 def cold_table(runs_dir: Path) -> Table:
     rows = []
     for run in runs_with_prefix(runs_dir, "cold_"):
-        for stem, sampling, start in COLD_EVALUATIONS:
+        for stem, sampler, start in COLD_EVALUATIONS:
             metrics = read_json(run / f"{stem}.json")
             start_label = "prior" if start == "prior" else "degraded test"
             rows.append([
-                run.name.removeprefix("cold_"), sampling, start_label,
+                run.name.removeprefix("cold_"), sampler, start_label,
                 *quality_cells(metrics), fmt(metrics["images_per_second"], 0),
             ])  # fmt: skip
-    return Table("cold", ["degradation", "sampling", "start", *QUALITY_HEADER, "images/s"], rows)
+    return Table("cold", ["degradation", "sampler", "start", *QUALITY_HEADER, "images/s"], rows)
 
 
 def restoration_table(runs_dir: Path) -> Table:
@@ -171,7 +170,7 @@ def comparison_table(runs_dir: Path) -> Table:
     rows = []
     for run in [runs_dir / "ddpm_coursework", *runs_with_prefix(runs_dir, "cold_")]:
         metrics, records = read_json(run / "metrics.json"), read_log(run)
-        sampler = f"{SAMPLER_LABELS.get(metrics['scheduler'], metrics['scheduler'])}"
+        sampler = SAMPLER_LABELS.get(metrics["sampler"], metrics["sampler"])
         steps = metrics["num_inference_steps"] or "T"
         rows.append([
             run.name, str(last_value(records, "step")), fmt(training_speed(records), 0), f"{sampler} {steps}",
@@ -219,7 +218,7 @@ def plot_restoration(runs_dir: Path, path: Path) -> None:
         per_t = read_json(run / "metrics.json")["per_t"]
         axis.plot(per_t["severity"], per_t["psnr_direct"], marker="o", label="direct")
         axis.plot(
-            per_t["severity"], per_t["psnr_iterative"], marker="s", label=f"iterative ({per_t['sampling']})"
+            per_t["severity"], per_t["psnr_iterative"], marker="s", label=f"iterative ({per_t['sampler']})"
         )
         axis.set(xlabel="t / T", ylabel="PSNR (dB)", title=run.name.removeprefix("cold_"))
         axis.legend(fontsize="small")

@@ -27,14 +27,16 @@ from pathlib import Path
 import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from evaluation.benchmark import machine_info  # noqa: E402
-from training.cli import ArgumentParser, run_cli  # noqa: E402
-from training.data import default_fashion_mnist, default_mnist  # noqa: E402
+from evaluation.benchmark import machine_info
+from training.cli import ArgumentParser, run_cli
+from training.data import default_fashion_mnist, default_mnist
+from training.train import make_process
+from training.train import parse_args as parse_train_args
 
 ROOT = Path(__file__).resolve().parents[1]
-EVALUATION_KEYS = ("scheduler", "num_inference_steps", "start", "num_images")
+EVALUATION_KEYS = ("sampler", "num_inference_steps", "start", "num_images")
 RUN_KEYS = {"config", "args", "evaluations"}
+DATASET_KEYS = ("mnist", "fashion_mnist")
 
 
 @dataclass
@@ -86,10 +88,33 @@ def load_experiments(path: str | os.PathLike) -> dict[str, Experiment]:
                     f"{path}: evaluation {name}/{stem} has unknown keys {sorted(bad)}; "
                     f"allowed {EVALUATION_KEYS}"
                 )
-        experiments[name] = Experiment(
-            name, entry["config"], dict(entry.get("args") or {}), dict(evaluations)
-        )
+        experiment = Experiment(name, entry["config"], dict(entry.get("args") or {}), dict(evaluations))
+        check_samplers(experiment, path)
+        experiments[name] = experiment
     return experiments
+
+
+def check_samplers(experiment: Experiment, path: str | os.PathLike) -> None:
+    """Check each evaluation's sampler, steps and start against the run's forward process, before training.
+
+    Raises:
+        ValueError: naming the run, the evaluation and the samplers its process offers.
+    """
+    # The datasets stay placeholders: building a process reads none of them.
+    flags = as_flags(experiment.args, {key: f"{{{key}}}" for key in DATASET_KEYS})
+    try:
+        process = make_process(parse_train_args(["--config", str(ROOT / experiment.config), *flags]))
+    except ValueError as error:
+        raise ValueError(f"{path}: run {experiment.name!r}: {error}") from error
+    for stem, evaluation in experiment.evaluations.items():
+        try:
+            process.check_sampler(
+                evaluation.get("sampler", process.default_sampler), evaluation.get("num_inference_steps")
+            )
+            if evaluation.get("start", "prior") != "prior" and not process.restores:
+                raise ValueError(f"start {evaluation['start']!r} needs a process that restores images")
+        except ValueError as error:
+            raise ValueError(f"{path}: evaluation {experiment.name}/{stem}: {error}") from error
 
 
 def as_flags(values: dict[str, object], datasets: dict[str, str]) -> list[str]:

@@ -1,10 +1,11 @@
 """Draw samples from a saved pipeline folder and write a PNG grid or a ``.npy`` array.
 
-    python scripts/sample.py --model outputs/quickstart --num_images 64 --scheduler dpmsolver \\
+    python scripts/sample.py --model outputs/quickstart --num_images 64 --sampler dpmsolver \\
         --num_inference_steps 25 --seed 0 --output samples.png
 
 ``.npy`` output is a float32 array of shape ``(N, 28, 28)`` in ``[0, 1]``. The same seed gives the same
-images. Gaussian pipelines take ``--scheduler ddpm|ddim|dpmsolver``; cold ones ``improved|naive|direct``.
+images. ``--sampler`` is one of the samplers of the pipeline's forward process (Gaussian: ddpm, ddim,
+dpmsolver; cold: improved, naive, direct); by default the process's own.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from pipelines import load_pipeline
+from pipelines.sampling import generate, save_grid
+from schedulers import forward_process
 from training.cli import ArgumentParser, run_cli
-from pipelines.sampling import COLD_SAMPLERS, GAUSSIAN_SAMPLERS, generate, save_grid
+from training.train import all_sampler_names
 
 OUTPUT_SUFFIXES = (".png", ".npy")
 
@@ -27,13 +30,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", required=True, help="Saved pipeline folder (or Hub id).")
     parser.add_argument("--num_images", type=int, default=64)
     parser.add_argument(
-        "--scheduler",
-        choices=GAUSSIAN_SAMPLERS + COLD_SAMPLERS,
+        "--sampler",
+        choices=all_sampler_names(),
         default=None,
-        help="Default: dpmsolver (Gaussian) or improved (cold).",
+        help="A sampler of the pipeline's forward process; default: the process's own.",
     )
     parser.add_argument(
-        "--num_inference_steps", type=int, default=None, help="Default: 25 (dpmsolver), 50 (ddim), else T."
+        "--num_inference_steps", type=int, default=None, help="Default: the sampler's usual count."
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch_size", type=int, default=256)
@@ -45,8 +48,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.num_images < 1:
         raise ValueError(f"--num_images must be at least 1, got {args.num_images}")
     pipeline = load_pipeline(args.model)
+    process = forward_process(pipeline)
+    sampler = args.sampler or process.default_sampler
+    process.check_sampler(sampler, args.num_inference_steps)
     images = generate(
-        pipeline, args.num_images, args.scheduler, args.num_inference_steps, args.seed, args.batch_size, True
+        pipeline, args.num_images, sampler, args.num_inference_steps, args.seed, args.batch_size, True
     )
     output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix == ".npy":

@@ -19,14 +19,14 @@ import time
 import torch
 import torch.nn.functional as F
 
-from models.mnist_classifier import PRETRAINED_DIR, MNISTClassifier
-from training.cli import run_cli
-from training.data import default_mnist, load_split
 from evaluation.metrics import classify, split_to_unit_range
+from models.mnist_classifier import PRETRAINED_DIR, MNISTClassifier
+from training.cli import ArgumentParser, run_cli
+from training.data import default_mnist, load_split
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--dataset_name",
         default=default_mnist(),

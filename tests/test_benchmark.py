@@ -11,9 +11,11 @@ from pathlib import Path
 import torch
 from diffusers import DDPMScheduler
 
-from models import CourseworkCNN
-from tests.conftest import PROJECT_ROOT, run_python
 from evaluation.benchmark import training_flops_per_image
+from models import CourseworkCNN
+from pipelines import ColdDiffusionPipeline
+from schedulers import AveragingScheduler, forward_process
+from tests.conftest import PROJECT_ROOT, run_python
 
 SCRIPT = str(PROJECT_ROOT / "scripts" / "benchmark.py")
 
@@ -83,6 +85,21 @@ def test_bad_flag_is_one_error_line(tmp_path: Path):
     assert not (tmp_path / "results.json").exists()
 
 
+def test_a_model_without_the_timed_samplers_is_refused_before_training(tmp_path: Path):
+    scheduler = AveragingScheduler(group_size=4)
+    scheduler.fit_prior(torch.rand(16, 1, 28, 28) * 2 - 1, torch.Generator().manual_seed(0))
+    unet = CourseworkCNN(n_hidden=(4,), num_train_timesteps=scheduler.config.num_train_timesteps)
+    ColdDiffusionPipeline(unet, scheduler).save_pretrained(tmp_path / "cold")
+    result = run_python(SCRIPT, "--quick", "--model=cold", "--output=results.json", cwd=tmp_path)
+    assert result.returncode == 2
+    process = forward_process(scheduler)
+    assert result.stderr.strip().splitlines() == [
+        f"error: sampler 'ddpm' is not available for the {process.name} process; "
+        f"choose one of {', '.join(process.samplers)}"
+    ]
+    assert not (tmp_path / "results.json").exists()
+
+
 def test_training_flops_are_forward_and_backward_per_image():
     # 8x8 images, one 3x3 conv 1 -> 4 and the 3x3 conv_out 4 -> 1: 2 * 64 * 36 = 4608 FLOPs forward each.
     # Backward: both weight gradients, and the input gradient of conv_out only (the images need none).
@@ -93,5 +110,5 @@ def test_training_flops_are_forward_and_backward_per_image():
     expected = 2 * 4608 + 3 * 4608 + 3 * 4 * 32 - 32
     for batch_size in (2, 5):
         images = torch.rand(batch_size, 1, 8, 8) * 2 - 1
-        assert training_flops_per_image(network, DDPMScheduler(), images) == expected
+        assert training_flops_per_image(network, forward_process(DDPMScheduler()), images) == expected
     assert all(parameter.grad is None for parameter in network.parameters())

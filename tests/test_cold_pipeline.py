@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler
+from diffusers.callbacks import PipelineCallback
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
@@ -72,15 +73,178 @@ def test_sampling_is_deterministic_for_a_generator_and_has_every_output_type():
     np.testing.assert_allclose(pt.permute(0, 2, 3, 1).numpy(), first)
 
 
+class StepRecorder:
+    """A ``callback_on_step_end`` that keeps every call's arguments (tensors cloned)."""
+
+    def __init__(self, replace: dict[int, torch.Tensor] | None = None):
+        self.calls: list[tuple[int, int, dict[str, torch.Tensor]]] = []
+        self.replace = replace or {}
+
+    def __call__(self, pipeline, step_index, timestep, callback_kwargs):
+        self.calls.append((step_index, int(timestep), {k: v.clone() for k, v in callback_kwargs.items()}))
+        if step_index in self.replace:
+            callback_kwargs["latents"] = self.replace[step_index]
+        return callback_kwargs
+
+
+def record_inputs(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The sample of each later call of ``model``, in order (a forward pre-hook)."""
+    inputs: list[torch.Tensor] = []
+    model.register_forward_pre_hook(lambda module, args: inputs.append(args[0].clone()))
+    return inputs
+
+
 @pytest.mark.parametrize(
-    ("sampling", "steps", "calls"), [("improved", None, 7), ("naive", 3, 3), ("direct", 5, 1)]
+    ("sampler", "steps", "calls"), [("improved", None, 7), ("naive", 3, 3), ("direct", 5, 1)]
 )
-def test_intermediates_and_model_calls(sampling, steps, calls):
-    output = rows_pipeline()(
-        batch_size=2, num_inference_steps=steps, sampling=sampling, return_intermediates=True
+def test_callback_gets_each_step_and_its_tensors(sampler, steps, calls):
+    pipeline = rows_pipeline()
+    recorder = StepRecorder()
+    output = pipeline(
+        batch_size=2,
+        num_inference_steps=steps,
+        sampler=sampler,
+        generator=torch.Generator().manual_seed(0),
+        output_type="pt",
+        callback_on_step_end=recorder,
+        callback_on_step_end_tensor_inputs=["latents", "pred_original_sample"],
     )
-    assert len(output.intermediates) == calls + 1
-    assert output.intermediates[-1] == output.images
+    assert [index for index, _, _ in recorder.calls] == list(range(calls)) and pipeline.num_timesteps == calls
+    assert [t for _, t, _ in recorder.calls] == pipeline.scheduler.timesteps.tolist()
+
+    # The same run by hand: the callback sees each step's new sample and its x0 estimate.
+    scheduler = pipeline.scheduler
+    generator = torch.Generator().manual_seed(0)
+    scheduler.set_timesteps(1 if sampler == "direct" else steps)
+    sample = scheduler.prior_sample(2, generator)
+    for (_, t, tensors), expected_t in zip(recorder.calls, scheduler.timesteps.tolist(), strict=True):
+        assert t == expected_t
+        x0_hat = pipeline.unet(sample, torch.tensor(t)).sample
+        sample = scheduler.step(x0_hat, t, sample, generator=generator, sampling=sampler).prev_sample
+        torch.testing.assert_close(tensors["pred_original_sample"], x0_hat, rtol=0, atol=0)
+        torch.testing.assert_close(tensors["latents"], sample, rtol=0, atol=0)
+    torch.testing.assert_close(output.images, (sample / 2 + 0.5).clamp(0, 1), rtol=0, atol=0)
+
+
+def test_callback_can_replace_the_sample_and_interrupt_the_run():
+    pipeline = rows_pipeline()
+    inputs = record_inputs(pipeline.unet)
+    replacement = torch.full((2, 1, 28, 28), -0.5)
+    recorder = StepRecorder(replace={2: replacement})
+    pipeline(
+        batch_size=2,
+        generator=torch.Generator().manual_seed(0),
+        callback_on_step_end=recorder,
+        output_type="pt",
+    )
+    assert set(recorder.calls[0][2]) == {"latents"}  # the default tensor inputs
+    torch.testing.assert_close(inputs[3], replacement, rtol=0, atol=0)  # the next step starts from it
+
+    # Replaced at the last step, the replacement is the output.
+    last = StepRecorder(replace={6: replacement})
+    images = pipeline(batch_size=2, callback_on_step_end=last, output_type="pt").images
+    torch.testing.assert_close(images, torch.full_like(images, 0.25), rtol=0, atol=0)
+
+    def stop_after_two(pipe, step_index, timestep, callback_kwargs):
+        pipe._interrupt = step_index == 1
+        return callback_kwargs
+
+    inputs.clear()
+    pipeline(batch_size=2, callback_on_step_end=stop_after_two, output_type="pt")
+    assert len(inputs) == 2 and pipeline.num_timesteps == 7
+
+
+def test_a_diffusers_pipeline_callback_brings_its_own_tensor_inputs():
+    class KeepEstimates(PipelineCallback):
+        tensor_inputs = ["pred_original_sample"]
+
+        def callback_fn(self, pipeline, step_index, timestep, callback_kwargs):
+            seen.append(sorted(callback_kwargs))
+            return callback_kwargs
+
+    seen = []
+    rows_pipeline()(batch_size=1, num_inference_steps=2, callback_on_step_end=KeepEstimates())
+    assert seen == [["pred_original_sample"]] * 2
+
+
+def old_restoration_loop(model, scheduler, x0, t, steps, sampler, seed):
+    """The loop ``restoration_quality`` ran before the pipeline had a start timestep (the reference)."""
+    scheduler.set_timesteps(steps)
+    generator = torch.Generator().manual_seed(seed)
+    draw = scheduler.sampling_draw(tuple(x0.shape), generator, x0.device)
+    sample = scheduler.degrade(x0, t, draw=draw)
+    direct = model(sample, torch.tensor([t])).sample
+    for s in [t, *(int(s) for s in scheduler.timesteps if s < t)]:
+        x0_hat = model(sample, torch.tensor([s])).sample
+        sample = scheduler.step(x0_hat, s, sample, sampling=sampler).prev_sample
+    return direct, sample
+
+
+# Impulse noise is random: the run must degrade and restore with one draw, as the old loop did.
+@pytest.mark.parametrize(
+    "make_scheduler",
+    [lambda: ImpulseNoiseScheduler(num_train_timesteps=10), lambda: AveragingScheduler(group_size=4)],
+    ids=["impulse", "rows"],
+)
+@pytest.mark.parametrize("sampler", ["improved", "naive"])
+def test_restoring_from_a_start_timestep_equals_the_old_loop(make_scheduler, sampler):
+    scheduler = make_scheduler()
+    num_train_timesteps = scheduler.config.num_train_timesteps
+    pipeline = ColdDiffusionPipeline(tiny_cnn(num_train_timesteps), scheduler)
+    pipeline.set_progress_bar_config(disable=True)
+    inputs = record_inputs(pipeline.unet)
+    clean = digits(3)
+    for t in sorted({1, 3, num_train_timesteps // 2 + 1, num_train_timesteps}):
+        inputs.clear()
+        recorder = StepRecorder()
+        restored = pipeline(
+            start_images=clean,
+            start_timestep=t,
+            num_inference_steps=4,
+            sampler=sampler,
+            generator=torch.Generator().manual_seed(5),
+            output_type="pt",
+            callback_on_step_end=recorder,
+            callback_on_step_end_tensor_inputs=["pred_original_sample"],
+        ).images
+        pipeline_inputs = list(inputs)
+        direct, expected = old_restoration_loop(
+            pipeline.unet, scheduler, clean * 2 - 1, t, 4, sampler, seed=5
+        )
+        torch.testing.assert_close(restored, (expected / 2 + 0.5).clamp(0, 1), rtol=0, atol=1e-6)
+        torch.testing.assert_close(recorder.calls[0][2]["pred_original_sample"], direct, rtol=0, atol=1e-6)
+        grid_below = [s for s in scheduler.timesteps.tolist() if s < t]
+        assert [s for _, s, _ in recorder.calls] == [t, *grid_below]
+        assert len(pipeline_inputs) == 1 + len(grid_below)
+        # A start timestep really changes the start: D(x0, t), not D(x0, T).
+        start = scheduler.degrade(clean * 2 - 1, t, generator=torch.Generator().manual_seed(5))
+        torch.testing.assert_close(pipeline_inputs[0], start, rtol=0, atol=1e-6)
+
+    # From t = T the run is the ordinary restoration run.
+    from_t = pipeline(start_images=clean, start_timestep=num_train_timesteps, **restore_kwargs(sampler))
+    plain = pipeline(start_images=clean, **restore_kwargs(sampler))
+    torch.testing.assert_close(from_t.images, plain.images, rtol=0, atol=0)
+
+
+def restore_kwargs(sampler: str) -> dict:
+    return {
+        "num_inference_steps": 4,
+        "sampler": sampler,
+        "generator": torch.Generator().manual_seed(5),
+        "output_type": "pt",
+    }
+
+
+def test_direct_restoration_from_a_start_timestep_is_one_network_call():
+    scheduler = ImpulseNoiseScheduler(num_train_timesteps=10)
+    pipeline = ColdDiffusionPipeline(tiny_cnn(10), scheduler)
+    pipeline.set_progress_bar_config(disable=True)
+    inputs = record_inputs(pipeline.unet)
+    clean = digits(2)
+    restored = pipeline(start_images=clean, start_timestep=4, **restore_kwargs("direct")).images
+    assert len(inputs) == 1
+    direct, _ = old_restoration_loop(pipeline.unet, scheduler, clean * 2 - 1, 4, 1, "naive", seed=5)
+    torch.testing.assert_close(restored, (direct / 2 + 0.5).clamp(0, 1), rtol=0, atol=1e-6)
 
 
 def test_restoring_start_images_with_a_perfect_restorer_returns_them():
@@ -89,10 +253,15 @@ def test_restoring_start_images_with_a_perfect_restorer_returns_them():
     oracle.clean = clean * 2 - 1
     pipeline = ColdDiffusionPipeline(oracle, ImpulseNoiseScheduler(num_train_timesteps=10))
     pipeline.set_progress_bar_config(disable=True)
-    generator = torch.Generator().manual_seed(0)
-    restored = pipeline(start_images=clean, generator=generator, output_type="pt", return_intermediates=True)
-    torch.testing.assert_close(restored.images, clean, atol=1e-5, rtol=0)
-    assert not torch.allclose(restored.intermediates[0], clean)  # the start really was degraded
+    inputs = record_inputs(oracle)
+    for start_timestep in (None, 4):
+        inputs.clear()
+        generator = torch.Generator().manual_seed(0)
+        restored = pipeline(
+            start_images=clean, start_timestep=start_timestep, generator=generator, output_type="pt"
+        )
+        torch.testing.assert_close(restored.images, clean, atol=1e-5, rtol=0)
+        assert not torch.allclose(inputs[0], clean * 2 - 1)  # the start really was degraded
     as_pil = [Image.fromarray((image[0].numpy() * 255).astype(np.uint8)) for image in clean]
     from_pil = pipeline(
         start_images=as_pil, generator=torch.Generator().manual_seed(0), output_type="pt"
@@ -112,8 +281,8 @@ def test_des_pipeline_samples():
 
 def test_invalid_arguments_are_clear_value_errors():
     pipeline = rows_pipeline()
-    with pytest.raises(ValueError, match="sampling='ddim'"):
-        pipeline(sampling="ddim")
+    with pytest.raises(ValueError, match="sampler='ddim'"):
+        pipeline(sampler="ddim")
     with pytest.raises(ValueError, match="output_type='latent'"):
         pipeline(output_type="latent")
     with pytest.raises(ValueError, match="num_inference_steps=8"):
@@ -121,6 +290,26 @@ def test_invalid_arguments_are_clear_value_errors():
     unfitted = ColdDiffusionPipeline(tiny_cnn(7), AveragingScheduler(group_size=4))
     with pytest.raises(ValueError, match="no prior"):
         unfitted(batch_size=1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"callback_on_step_end_tensor_inputs": ["latents", "x0"]}, r"has to be in .*found \['x0'\]"),
+        ({"callback_on_step_end_tensor_inputs": ["prompt_embeds"]}, "callback_on_step_end_tensor_inputs"),
+        ({"start_timestep": 0, "start_images": digits(1)}, r"start_timestep=0 must lie in \[1, 7\]"),
+        ({"start_timestep": 8, "start_images": digits(1)}, r"start_timestep=8 must lie in \[1, 7\]"),
+        ({"start_timestep": 2.5, "start_images": digits(1)}, "start_timestep must be an int"),
+        ({"start_timestep": True, "start_images": digits(1)}, "start_timestep must be an int"),
+        ({"start_timestep": 3}, "start_timestep needs start_images"),
+    ],
+)
+def test_bad_callback_inputs_and_start_timesteps_fail_before_any_network_call(kwargs, message):
+    pipeline = rows_pipeline()
+    inputs = record_inputs(pipeline.unet)
+    with pytest.raises(ValueError, match=message):
+        pipeline(callback_on_step_end=StepRecorder(), **kwargs)
+    assert inputs == []
 
 
 def test_saved_pipeline_loads_with_the_installed_classes(tmp_path):

@@ -1,4 +1,4 @@
-"""Drive the Gradio demo in headless Chromium: generate samples, check them, and check the error messages.
+"""Drive the Gradio demo in headless Chromium: generate samples, restore a digit, check the error messages.
 
 Uses Debian's Chromium (``apt-get install chromium``); Playwright never downloads a browser here.
 """
@@ -50,16 +50,43 @@ def _wait_until_serving(url: str, process: subprocess.Popen, log: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def demo_url(tiny_ddpm_folder: Path, tmp_path_factory) -> Iterator[str]:
-    """Serve ``scripts/demo.py`` with the tiny pipeline on a free local port; stopped after the tests."""
+def tiny_cold_folder(tmp_path_factory) -> Path:
+    """An untrained, tiny cold pipeline (row averaging, T = 7, a fitted prior), saved."""
+    import torch
+
+    from models import CourseworkCNN
+    from pipelines import ColdDiffusionPipeline
+    from schedulers import AveragingScheduler
+
+    scheduler = AveragingScheduler(group_size=4)
+    clean = (torch.rand(32, 1, 28, 28, generator=torch.Generator().manual_seed(0)) > 0.7).float()
+    scheduler.fit_prior(clean * 2 - 1, torch.Generator().manual_seed(0))
+    unet = CourseworkCNN(n_hidden=(4, 4), time_embedding_frequencies=2, num_train_timesteps=7)
+    folder = tmp_path_factory.mktemp("tiny_cold")
+    ColdDiffusionPipeline(unet, scheduler).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def demo_url(
+    tiny_ddpm_folder: Path, tiny_cold_folder: Path, synthetic_mnist: Path, tmp_path_factory
+) -> Iterator[str]:
+    """Serve ``scripts/demo.py`` with the tiny pipelines on a free local port; stopped after the tests.
+
+    The Gaussian one is selected first; the cold one is offered too, with the synthetic test digits to pick.
+    """
     port = _free_port()
     log = tmp_path_factory.mktemp("demo") / "demo.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    command = [sys.executable, "scripts/demo.py", "--model", str(tiny_ddpm_folder), "--port", str(port)]
+    models = ["--model", str(tiny_ddpm_folder), "--model", str(tiny_cold_folder)]
+    command = [sys.executable, "scripts/demo.py", *models, "--port", str(port)]
     with open(log, "w") as output:
-        # No test digits to load: the tiny model is Gaussian, so the restoration panel stays hidden.
         process = subprocess.Popen(
-            [*command, "--test_data", ""], cwd=PROJECT_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT
+            [*command, "--test_data", str(synthetic_mnist)],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -108,6 +135,30 @@ def test_generate_fills_gallery_with_non_blank_images(page: Page, tmp_path: Path
     assert process.n_frames > 2, "the reverse process should be animated"
     page.screenshot(path=tmp_path / "demo.png", full_page=True)
     assert (tmp_path / "demo.png").stat().st_size > 0
+
+
+def test_a_cold_model_restores_a_picked_digit_from_the_chosen_t(page: Page, tiny_cold_folder: Path) -> None:
+    # The Gaussian model's process does not restore images: no restoration panel.
+    expect(page.locator("#restore")).to_be_hidden()
+    model = page.locator("#model input")
+    model.fill(str(tiny_cold_folder))
+    model.press("Enter")
+    expect(page.locator("#restore")).to_be_visible(timeout=SAMPLE_TIMEOUT_MS)
+    expect(page.get_by_text("Improved (Algorithm 2)")).to_be_visible()
+    expect(page.locator("#steps input")).to_have_value("7")  # the improved sampler's default: all T steps
+
+    page.locator("#test-digits img").first.click()
+    expect(page.locator("#digit img")).to_be_visible(timeout=SAMPLE_TIMEOUT_MS)
+    expect(page.locator("#degraded img")).to_be_visible(timeout=SAMPLE_TIMEOUT_MS)
+    page.locator("#restore").click()
+
+    # The slider's default is t = 4: one call from t = 4, then one from each of 3, 2, 1 of the 7-step grid.
+    expect(page.locator("#timing")).to_contain_text(
+        "restored from t = 4 in 4 network call(s), Improved (Algorithm 2)", timeout=SAMPLE_TIMEOUT_MS
+    )
+    expect(page.locator("#samples img")).to_have_count(3)
+    process = _fetch_image(page, page.locator("#process img").get_attribute("src"))
+    assert process.n_frames == 5, "the start and the sample after each of the 4 steps"
 
 
 def test_bad_settings_show_readable_errors(page: Page) -> None:

@@ -70,7 +70,7 @@ def test_samples_a_gaussian_pipeline_and_reports_speed_and_normality(
     code = run_cli(
         load_script("evaluate").main,
         [
-            "--model", str(tiny_ddpm_folder), "--num_images", "12", "--scheduler", "ddim",
+            "--model", str(tiny_ddpm_folder), "--num_images", "12", "--sampler", "ddim",
             "--num_inference_steps", "2", "--dataset_name", str(synthetic_mnist), "--per_t_images", "8",
             "--device", "cpu", "--output", str(output),
         ],
@@ -78,7 +78,7 @@ def test_samples_a_gaussian_pipeline_and_reports_speed_and_normality(
     assert code == 0
     metrics = json.loads(output.read_text())
     check_schema(metrics, 12, output.parent)
-    assert metrics["scheduler"] == "ddim" and metrics["num_inference_steps"] == 2
+    assert metrics["sampler"] == "ddim" and metrics["num_inference_steps"] == 2
     assert metrics["images_per_second"] > 0 and metrics["sampling_seconds"] > 0
     per_t = metrics["per_t"]
     assert per_t["kind"] == "forward_process_normality"
@@ -87,7 +87,12 @@ def test_samples_a_gaussian_pipeline_and_reports_speed_and_normality(
     assert (output.parent / metrics["figures"]["per_t"]).is_file()
 
 
-def test_samples_a_cold_pipeline_and_reports_restoration_per_t(synthetic_mnist, tmp_path):
+# The curves set one restoration step against an iterative run: a one-step sampler is compared through the
+# process's default sampler.
+@pytest.mark.parametrize(("sampler", "curve_sampler"), [("naive", "naive"), ("direct", "improved")])
+def test_samples_a_cold_pipeline_and_reports_restoration_per_t(
+    sampler, curve_sampler, synthetic_mnist, tmp_path
+):
     scheduler = AveragingScheduler(group_size=4)
     scheduler.fit_prior(torch.rand(64, 1, 28, 28) * 2 - 1, torch.Generator().manual_seed(0))
     steps = scheduler.config.num_train_timesteps
@@ -97,7 +102,7 @@ def test_samples_a_cold_pipeline_and_reports_restoration_per_t(synthetic_mnist, 
     code = run_cli(
         load_script("evaluate").main,
         [
-            "--model", str(tmp_path / "cold"), "--num_images", "12", "--scheduler", "naive",
+            "--model", str(tmp_path / "cold"), "--num_images", "12", "--sampler", sampler,
             "--num_inference_steps", "3", "--dataset_name", str(synthetic_mnist), "--per_t_images", "8",
             "--per_t_points", "3", "--device", "cpu", "--output", str(output),
         ],
@@ -105,8 +110,9 @@ def test_samples_a_cold_pipeline_and_reports_restoration_per_t(synthetic_mnist, 
     assert code == 0
     metrics = json.loads(output.read_text())
     check_schema(metrics, 12, output.parent)
+    assert metrics["sampler"] == sampler and metrics["num_inference_steps"] == 3
     per_t = metrics["per_t"]
-    assert per_t["kind"] == "restoration" and per_t["sampling"] == "naive"
+    assert per_t["kind"] == "restoration" and per_t["sampler"] == curve_sampler
     assert per_t["timesteps"][0] == 1 and per_t["timesteps"][-1] == steps and len(per_t["timesteps"]) == 3
     assert per_t["severity"][-1] == 1.0
     for key in ("psnr_direct", "ssim_direct", "psnr_iterative", "ssim_iterative"):
@@ -146,6 +152,31 @@ def test_bad_samples_are_one_line_errors(array, message, tmp_path, capsys):
 def test_bad_arguments_are_one_line_errors(args, message, capsys):
     assert run_cli(load_script("evaluate").main, args) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--sampler", "improved"],
+            "sampler 'improved' is not available for the gaussian process; "
+            "choose one of ddpm, ddim, dpmsolver",
+        ),
+        (["--num_inference_steps", "21"], "num_inference_steps=21 must be between 1 and 20"),
+    ],
+)
+def test_a_sampler_the_model_lacks_is_refused_before_any_work(
+    flags, message, tiny_ddpm_folder, tmp_path, capsys
+):
+    # A dataset that does not exist: the sampler is checked before the data is read or anything is sampled.
+    argv = [
+        "--model", str(tiny_ddpm_folder), *flags, "--dataset_name", str(tmp_path / "no_data"),
+        "--device", "cpu", "--output", str(tmp_path / "m.json"),
+    ]  # fmt: skip
+    assert run_cli(load_script("evaluate").main, argv) == 2
+    error = capsys.readouterr().err
+    assert error == f"error: {message}\n"
+    assert not list(tmp_path.iterdir())
 
 
 def test_bad_input_exits_with_code_2_from_the_command_line(tmp_path):

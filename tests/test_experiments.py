@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 
 import pytest
 import yaml
-from conftest import PROJECT_ROOT, run_python
 
-sys.path.insert(0, str(PROJECT_ROOT / "scripts"))
-from report_assets import COLD_EVALUATIONS, GAUSSIAN_RUNS  # noqa: E402
-from run_experiments import as_flags, load_experiments  # noqa: E402
+from tests.conftest import PROJECT_ROOT, run_python
+
+
+def load_script(name: str):
+    """A script of scripts/ as a module (scripts are run, not installed), as the importlib docs do it."""
+    spec = importlib.util.spec_from_file_location(name, PROJECT_ROOT / "scripts" / f"{name}.py")
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+report_assets, run_experiments = load_script("report_assets"), load_script("run_experiments")
+COLD_EVALUATIONS, GAUSSIAN_RUNS = report_assets.COLD_EVALUATIONS, report_assets.GAUSSIAN_RUNS
+as_flags, load_experiments = run_experiments.as_flags, run_experiments.load_experiments
 
 GAUSSIAN_CONFIG = "training/configs/ddpm_coursework.yaml"
+COLD_CONFIG = "training/configs/cold_rows.yaml"
 
 
 def write_experiments(path, runs: dict) -> str:
@@ -28,6 +40,33 @@ def write_experiments(path, runs: dict) -> str:
         ({"config": "missing.yaml", "evaluations": {"metrics": {}}}, "'missing.yaml'"),
         ({"config": GAUSSIAN_CONFIG, "evaluations": {"ddim": {}}}, "must be called 'metrics'"),
         ({"config": GAUSSIAN_CONFIG, "evaluations": {"metrics": {"steps": 5}}}, "unknown keys ['steps']"),
+        # The samplers come from the run's forward process, checked before anything trains.
+        (
+            {"config": GAUSSIAN_CONFIG, "evaluations": {"metrics": {"sampler": "improved"}}},
+            "bad_run/metrics: sampler 'improved' is not available for the gaussian process; "
+            "choose one of ddpm, ddim, dpmsolver",
+        ),
+        (
+            {"config": COLD_CONFIG, "evaluations": {"metrics": {"sampler": "dpmsolver"}}},
+            "bad_run/metrics: sampler 'dpmsolver' is not available for the rows process; "
+            "choose one of improved, naive, direct",
+        ),
+        (
+            {
+                "config": GAUSSIAN_CONFIG,
+                "args": {"num_train_timesteps": 20, "sample_inference_steps": 4},
+                "evaluations": {"metrics": {"sampler": "ddim", "num_inference_steps": 50}},
+            },
+            "num_inference_steps=50 must be between 1 and 20",
+        ),
+        (
+            {"config": GAUSSIAN_CONFIG, "evaluations": {"metrics": {"sampler": "ddim", "start": "test"}}},
+            "bad_run/metrics: start 'test' needs a process that restores images",
+        ),
+        (
+            {"config": GAUSSIAN_CONFIG, "evaluations": {"metrics": {"scheduler": "ddim"}}},
+            "unknown keys ['scheduler']",
+        ),
     ],
 )
 def test_load_experiments_names_the_bad_entry(tmp_path, entry, message):
@@ -53,9 +92,9 @@ def test_shipped_experiments_cover_what_the_report_reads():
     assert len(cold) >= 3
     for experiment in cold:
         assert list(experiment.evaluations) == [stem for stem, _, _ in COLD_EVALUATIONS]
-        for stem, sampling, start in COLD_EVALUATIONS:
+        for stem, sampler, start in COLD_EVALUATIONS:
             assert experiment.evaluations[stem] == {
-                "scheduler": sampling,
+                "sampler": sampler,
                 **({"start": "test"} if start == "test" else {}),
             }
 
@@ -73,14 +112,14 @@ def test_runner_trains_collects_evaluates_and_resumes(tmp_path, synthetic_mnist)
                     "num_train_timesteps": 20,
                     "sample_inference_steps": 4,
                 },
-                "evaluations": {"metrics": {"scheduler": "ddim", "num_inference_steps": 4}},
+                "evaluations": {"metrics": {"sampler": "ddim", "num_inference_steps": 4}},
             },
             "rows": {
-                "config": "training/configs/cold_rows.yaml",
+                "config": COLD_CONFIG,
                 "args": {**tiny, "eval_num_images": 8, "group_size": 7},
                 "evaluations": {
-                    "metrics": {"scheduler": "improved"},
-                    "direct_conditional": {"scheduler": "direct", "start": "test"},
+                    "metrics": {"sampler": "improved"},
+                    "direct_conditional": {"sampler": "direct", "start": "test"},
                 },
             },
         },
@@ -105,7 +144,7 @@ def test_runner_trains_collects_evaluates_and_resumes(tmp_path, synthetic_mnist)
         assert list((runs / name / "samples").glob("epoch_*.png"))
         assert not list((runs / name).rglob("*.safetensors")), "weights must stay out of the report folder"
     conditional = json.loads((runs / "rows" / "direct_conditional.json").read_text())
-    assert (conditional["start"], conditional["scheduler"], conditional["num_images"]) == (
+    assert (conditional["start"], conditional["sampler"], conditional["num_images"]) == (
         "test",
         "direct",
         12,

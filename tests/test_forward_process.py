@@ -152,8 +152,8 @@ def test_options_carry_types_choices_and_help_from_the_factories():
 def test_only_the_protocol_asks_which_kind_a_process_is():
     """Tools ask the protocol; only its implementations name their scheduler classes."""
     found = subprocess.run(
-        ["git", "grep", "--untracked", "-n", r"isinstance(.*DDPM\|is_gaussian", "--", "models", "schedulers", "pipelines",
-         "training", "scripts", "evaluation", "publishing", "app"],
+        ["git", "grep", "--untracked", "-n", r"isinstance(.*DDPM\|is_gaussian", "--", "models", "schedulers",
+         "pipelines", "training", "scripts", "evaluation", "publishing", "app"],
         cwd=PROJECT_ROOT, capture_output=True, text=True,
     )  # fmt: skip
     assert found.returncode in (0, 1), found.stderr

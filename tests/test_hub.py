@@ -1,7 +1,9 @@
 """Hub publishing without a Hub: the exact files staged for upload, the model card, and the error paths.
 
 The staged folder is loaded in a fresh process that cannot import this project, with the usage snippet of
-its own model card, which is how a Hub user would load it.
+its own model card, which is how a Hub user would load it. Every registered forward process gets a card
+from a tiny untrained pipeline, which must name the process as ``--degradation`` does and tell the truth
+about it.
 """
 
 from __future__ import annotations
@@ -13,12 +15,17 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from diffusers import DDIMScheduler
 from huggingface_hub import ModelCard
 from PIL import Image
 
+from models import CourseworkCNN, unet_preset
+from publishing import hub
+from schedulers import FORWARD_PROCESSES, forward_process
 from tests.conftest import run_python
-from training import hub
+from training.train import build_parser, parse_args, process_options
 
 REPO_ID = "someone/tiny-ddpm"
 # The shape of scripts/evaluate.py's output.
@@ -26,8 +33,9 @@ METRICS = {
     "model": "outputs/run",
     "samples": None,
     "feature_network": "mnist",
-    "scheduler": "ddim",
+    "sampler": "ddim",
     "num_inference_steps": 10,
+    "start": "prior",
     "seed": 0,
     "sampling_seconds": 1.5,
     "images_per_second": 666.7,
@@ -45,7 +53,26 @@ METRICS = {
     "figures": {"samples": "outputs/run/eval/metrics_samples.png"},
 }
 # Importing any of these in the loading process would mean the upload is not self-contained.
-PROJECT_PACKAGES = ("models", "schedulers", "pipelines", "training")
+PROJECT_PACKAGES = ("models", "schedulers", "pipelines", "training", "evaluation", "publishing", "app")
+# The names --degradation accepts, from the trainer's own parser.
+DEGRADATION_NAMES = tuple(build_parser()._option_string_actions["--degradation"].choices)
+# Small settings keep the tiny pipelines fast (T, and the sizes that follow from it).
+SMALL = {
+    "gaussian": {"num_train_timesteps": 20},
+    "impulse": {"num_train_timesteps": 12},
+    "morph": {"num_train_timesteps": 10, "bank_size": 16},
+    "des": {"num_train_timesteps": 40},
+    "blur": {"num_train_timesteps": 8},
+    "mask": {"num_train_timesteps": 10},
+    "rows": {"group_size": 4},
+    "columns": {"group_size": 4},
+}
+# Each registered process by whether it draws randomness (a fresh draw per image) with its default options.
+STOCHASTIC = {"gaussian", "impulse", "morph", "des"}
+DETERMINISTIC = {"rows", "columns", "blur", "mask", "pixelate"}
+# Model options of the trainer, by --model: only the chosen model's may appear in a card.
+CNN_OPTIONS = ("n_hidden", "kernel_size", "act_fn", "dropout", "time_embedding_in_every_block")
+UNET_OPTIONS = ("unet_preset",)
 
 
 @pytest.fixture
@@ -64,6 +91,67 @@ def trained_folder(tiny_ddpm_folder: Path, tmp_path: Path) -> Path:
     (folder / "checkpoint-10").mkdir()
     (folder / "checkpoint-10" / "optimizer.bin").write_bytes(b"state")
     return folder
+
+
+def save_tiny_pipeline(
+    folder: Path, degradation: str, unet: torch.nn.Module | None = None, **options
+) -> Path:
+    """An untrained pipeline of ``degradation`` (a registry entry) saved in ``folder``, its prior fitted.
+
+    Morph draws its targets from ``target_dataset`` (a synthetic stand-in for Fashion-MNIST).
+    """
+    scheduler = FORWARD_PROCESSES[degradation](**{**SMALL.get(degradation, {}), **options})
+    process = forward_process(scheduler)
+    generator = torch.Generator().manual_seed(0)
+    process.fit(torch.rand(64, 1, 28, 28, generator=generator) * 2 - 1, generator)
+    unet = unet or CourseworkCNN(
+        n_hidden=(4, 4),
+        time_embedding_frequencies=2,
+        time_embedding_dim=8,
+        num_train_timesteps=process.num_train_timesteps,
+    )
+    process.make_pipeline(unet).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def process_folders(tmp_path_factory, synthetic_mnist: Path) -> dict[str, Path]:
+    """``--degradation`` name -> a tiny untrained pipeline of that registered process."""
+    root = tmp_path_factory.mktemp("processes")
+    options = {"morph": {"target_dataset": str(synthetic_mnist)}}
+    return {
+        name: save_tiny_pipeline(root / name, name, **options.get(name, {})) for name in FORWARD_PROCESSES
+    }
+
+
+def saved_training_config(folder: Path, *flags: str) -> dict:
+    """Write the ``training_config.yaml`` the trainer saves for ``flags`` (every flag, given or not)."""
+    config = {key: value for key, value in vars(parse_args(list(flags))).items() if key != "config"}
+    (folder / "training_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return config
+
+
+def card_snippet(card_text: str) -> str:
+    return re.search(r"```python\n(.*?)```", card_text, re.DOTALL).group(1)
+
+
+def run_without_the_project(code: str, tmp_path: Path):
+    """Run ``code`` in a fresh process in ``tmp_path`` that cannot import any package of this project."""
+    block_project = textwrap.dedent(
+        f"""
+        import sys
+
+        class BlockProject:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {PROJECT_PACKAGES!r}:
+                    raise ImportError(f"{{name}} belongs to the project, which a Hub user does not have")
+
+        sys.meta_path.insert(0, BlockProject())
+        """
+    )
+    script = tmp_path / "use_card_snippet.py"
+    script.write_text(block_project + code)
+    return run_python(str(script), cwd=tmp_path)
 
 
 def _files(folder: Path) -> set[str]:
@@ -115,7 +203,7 @@ def test_model_card_metadata_and_content(trained_folder: Path, tmp_path: Path) -
     assert "| Inception-style score ↑ (max 10) | 8.25 ± 0.1 |" in text
     assert "| Class balance: normalised entropy of the predicted digits ↑ (1 = uniform) | 0.97 |" in text
     assert "features from the project's MNIST classifier" in text
-    assert "`scheduler` = ddim, `num_inference_steps` = 10" in text
+    assert "`sampler` = ddim, `num_inference_steps` = 10, `start` = prior" in text
     assert "num_epochs: 2" in text
 
 
@@ -129,23 +217,9 @@ def test_staged_folder_loads_in_a_fresh_process_without_the_project(
     trained_folder: Path, tmp_path: Path
 ) -> None:
     staged = hub.stage_pipeline(trained_folder, tmp_path / "upload", REPO_ID)
-    snippet = re.search(r"```python\n(.*?)```", (staged / "README.md").read_text(), re.DOTALL).group(1)
-    block_project = textwrap.dedent(
-        f"""
-        import sys
+    snippet = card_snippet((staged / "README.md").read_text())
 
-        class BlockProject:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in {PROJECT_PACKAGES!r}:
-                    raise ImportError(f"{{name}} belongs to the project, which a Hub user does not have")
-
-        sys.meta_path.insert(0, BlockProject())
-        """
-    )
-    script = tmp_path / "use_card_snippet.py"
-    script.write_text(block_project + snippet.replace(REPO_ID, str(staged)))
-
-    result = run_python(str(script), cwd=tmp_path)
+    result = run_without_the_project(snippet.replace(REPO_ID, str(staged)), tmp_path)
 
     assert result.returncode == 0, result.stderr
     assert Image.open(tmp_path / "sample.png").size == (28, 28)
@@ -242,3 +316,196 @@ def test_read_metrics_rejects_bad_files(tmp_path: Path) -> None:
     (tmp_path / "metrics.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="must hold a JSON object"):
         hub.read_metrics(tmp_path)
+
+
+# ----- every registered process: the card names it and tells the truth about it -----------------------------
+
+
+def test_every_registered_process_is_covered() -> None:
+    """A new process must be classed in STOCHASTIC or DETERMINISTIC, so that its card is checked too."""
+    assert set(DEGRADATION_NAMES) == set(FORWARD_PROCESSES) == STOCHASTIC | DETERMINISTIC
+
+
+@pytest.mark.parametrize("name", sorted(FORWARD_PROCESSES))
+def test_card_names_the_process_as_the_degradation_flag_does(name: str, process_folders) -> None:
+    card = hub.build_model_card(process_folders[name], REPO_ID)
+
+    tags = set(card.data.to_dict()["tags"])
+    # Exactly its own name among the process names, and none of the class-name guesses of old.
+    assert tags & set(DEGRADATION_NAMES) == {name}
+    assert not tags & {"gaussian-blur", "impulse-noise", "averaging", "entropy-scaled-noise", "cold"}
+    assert f"| `--degradation` | `{name}` |" in card.text
+
+
+def test_cold_cards_name_the_degradation_from_the_saved_config(process_folders) -> None:
+    for name in ("rows", "columns", "blur", "impulse"):
+        config = json.loads((process_folders[name] / "scheduler" / "scheduler_config.json").read_text())
+        assert config["_degradation"] == name
+        assert (
+            "# Cold diffusion (" + name + ") on MNIST"
+            in hub.build_model_card(process_folders[name], REPO_ID).text
+        )
+
+
+@pytest.mark.parametrize("name", sorted(FORWARD_PROCESSES))
+def test_card_says_whether_the_process_is_random(name: str, process_folders) -> None:
+    text = hub.build_model_card(process_folders[name], REPO_ID).text
+    assert name in STOCHASTIC | DETERMINISTIC
+    if name in STOCHASTIC:
+        assert "deterministic" not in text
+        assert "| Randomness | stochastic: a fresh random draw per image |" in text
+    else:
+        assert "stochastic" not in text
+        assert "| Randomness | deterministic:" in text
+
+
+def test_impulse_card_calls_salt_and_pepper_noise_stochastic(process_folders) -> None:
+    text = hub.build_model_card(process_folders["impulse"], REPO_ID).text
+    assert "deterministic" not in text
+    assert "the stochastic (a fresh random draw per image) **impulse** degradation" in text
+
+
+def test_randomness_comes_from_the_scheduler_not_the_name(tmp_path: Path) -> None:
+    """Mask is deterministic in its default order and random in its random one: the card asks the draw."""
+    folder = save_tiny_pipeline(tmp_path / "mask", "mask", order="random")
+    text = hub.build_model_card(folder, REPO_ID).text
+    assert "| Randomness | stochastic: a fresh random draw per image |" in text
+    assert "deterministic" not in text
+
+
+def test_cold_usage_snippet_uses_the_sampler_argument_and_runs_as_written(
+    process_folders, tmp_path: Path
+) -> None:
+    staged = hub.stage_pipeline(process_folders["blur"], tmp_path / "upload", REPO_ID)
+    snippet = card_snippet((staged / "README.md").read_text())
+    assert 'sampler="improved"' in snippet and "sampling=" not in snippet
+    for name in ("improved", "naive", "direct"):
+        assert f'#   "{name}": ' in snippet
+
+    result = run_without_the_project(snippet.replace(REPO_ID, str(staged)), tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert Image.open(tmp_path / "sample.png").size == (28, 28)
+
+
+def test_cold_card_describes_the_cold_process(process_folders) -> None:
+    card = hub.build_model_card(process_folders["blur"], REPO_ID)
+    text = card.text
+    assert {"cold-diffusion", "blur"} <= set(card.data.to_dict()["tags"])
+    assert "ddpm" not in card.data.to_dict()["tags"]
+    assert "| Pipeline | `ColdDiffusionPipeline` |" in text
+    assert "| Scheduler | `GaussianBlurScheduler` |" in text
+    assert "| Training objective | restore the clean image `x0`, L1 loss |" in text
+    assert "`improved`: Improved (Algorithm 2), 8 steps (the default, in the snippet below)" in text
+    assert "`direct`: Direct (one restoration step), 1 step." in text
+    assert "`ColdDiffusionPipeline`, `GaussianBlurScheduler`, `CourseworkCNN` are custom code" in text
+
+
+# ----- evaluation: the trainer's logged FID -----------------------------------------------------------------
+
+
+def test_card_reports_the_latest_fid_the_training_logged(trained_folder: Path) -> None:
+    shutil.rmtree(trained_folder / "eval")  # no scripts/evaluate.py metrics: the training's are the news
+    records = [
+        {"step": 1, "epoch": 0, "loss": 1.0},
+        {"step": 5, "epoch": 0, "fid": 91.25, "kid_mean": 0.5, "kid_std": 0.05, "num_images": 500.0},
+        {"step": 9, "epoch": 1, "loss": 0.5},
+        {"step": 10, "epoch": 1, "fid": 42.75, "kid_mean": 0.25, "kid_std": 0.025, "num_images": 500.0},
+        {"step": 10, "epoch": 1, "val_loss": 0.4},
+    ]
+    (trained_folder / "logs" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    text = hub.build_model_card(trained_folder, REPO_ID, hub.read_metrics(trained_folder)).text
+
+    assert "Not evaluated yet" not in text
+    assert "| FID ↓ | 42.75 |" in text and "| KID ↓ | 0.25 ± 0.025 |" in text
+    assert "91.25" not in text
+    assert "at epoch 1, step 10, of 500 samples drawn with the `dpmsolver` sampler" in text
+
+
+def test_evaluate_metrics_come_before_the_logged_fid(trained_folder: Path) -> None:
+    (trained_folder / "logs" / "metrics.jsonl").write_text('{"step": 5, "epoch": 0, "fid": 91.25}\n')
+    text = hub.build_model_card(trained_folder, REPO_ID, hub.read_metrics(trained_folder)).text
+    assert "| FID ↓ | 12.5 |" in text and "91.25" not in text
+
+
+# ----- training settings: only those that applied to the run ------------------------------------------------
+
+
+def _listed(text: str, key: str) -> bool:
+    """Whether the card lists ``key`` as a setting (in a table or the YAML of the arguments)."""
+    return f"| {key} |" in text or f"| `{key}`" in text or f"\n{key}:" in text
+
+
+def test_cnn_card_lists_only_the_options_of_the_cnn_and_its_process(trained_folder: Path) -> None:
+    saved_training_config(
+        trained_folder, "--model", "cnn", "--n_hidden", "4", "4", "--noise_schedule", "linear"
+    )
+
+    text = hub.build_model_card(trained_folder, REPO_ID).text
+
+    assert all(_listed(text, key) for key in ("model", *CNN_OPTIONS, "noise_schedule", "learning_rate"))
+    assert not any(_listed(text, key) for key in UNET_OPTIONS)
+    other_processes = [key for key, by in process_options().items() if "gaussian" not in by]
+    assert other_processes and not any(_listed(text, key) for key in other_processes)
+    assert "| `noise_schedule` (training option) | `linear` |" in text
+
+
+def test_unet_card_lists_no_cnn_options(tmp_path: Path) -> None:
+    folder = save_tiny_pipeline(tmp_path / "run", "blur", unet=unet_preset("tiny"))
+    saved_training_config(folder, "--model", "unet", "--unet_preset", "tiny", "--degradation", "blur")
+
+    text = hub.build_model_card(folder, REPO_ID).text
+
+    assert "| unet_preset | `tiny` |" in text and "\nunet_preset: tiny" in text
+    assert not any(_listed(text, key) for key in CNN_OPTIONS)
+    other_processes = [key for key, by in process_options().items() if "blur" not in by]
+    assert "noise_schedule" in other_processes
+    assert not any(_listed(text, key) for key in other_processes)
+    assert _listed(text, "sigma_end")
+
+
+def test_hub_token_is_never_shown_nor_uploaded(trained_folder: Path, tmp_path: Path) -> None:
+    config = saved_training_config(trained_folder, "--hub_token", "hf_secret_value")
+    assert config["hub_token"] == "hf_secret_value"
+
+    staged = hub.stage_pipeline(trained_folder, tmp_path / "upload", REPO_ID)
+
+    assert "hf_secret_value" not in (staged / "README.md").read_text()
+    shipped = yaml.safe_load((staged / "training_config.yaml").read_text())
+    assert "hub_token" not in shipped and shipped["learning_rate"] == config["learning_rate"]
+
+
+# ----- the front end: bad input is one error line and exit code 2 -------------------------------------------
+
+
+def test_make_model_card_cli_rejects_a_missing_folder(tmp_path: Path) -> None:
+    result = run_python("scripts/make_model_card.py", str(tmp_path / "nothing"))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: pipeline folder '{tmp_path / 'nothing'}' does not exist")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_make_model_card_cli_rejects_a_scheduler_of_no_process(
+    tiny_ddpm_folder: Path, tmp_path: Path
+) -> None:
+    folder = shutil.copytree(tiny_ddpm_folder, tmp_path / "run")
+    DDIMScheduler(num_train_timesteps=20).save_pretrained(folder / "scheduler")
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(
+        json.dumps({**index, "scheduler": ["diffusers", "DDIMScheduler"]})
+    )
+
+    result = run_python("scripts/make_model_card.py", str(folder))
+
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: no forward process answers for the scheduler DDIMScheduler")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (folder / "README.md").exists()
+
+
+def test_make_model_card_cli_usage_error_is_one_line() -> None:
+    result = run_python("scripts/make_model_card.py")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: the following arguments are required: folder")
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -6,14 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMScheduler
+from diffusers import DDPMPipeline, DDPMScheduler
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
+from scipy import stats
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from models.mnist_classifier import PRETRAINED_DIR, load_mnist_classifier
-from schedulers import ImpulseNoiseScheduler
-from training.data import ImageSplit, load_split, to_model_range
 from evaluation.metrics import (
     SampleQuality,
     check_images01,
@@ -21,9 +20,13 @@ from evaluation.metrics import (
     forward_process_normality,
     images01_from_array,
     restoration_quality,
-    sample_quality,
     split_to_unit_range,
 )
+from models import CourseworkCNN
+from models.mnist_classifier import PRETRAINED_DIR, load_mnist_classifier
+from pipelines import ColdDiffusionPipeline
+from schedulers import ImpulseNoiseScheduler, ddpm_scheduler, forward_process
+from training.data import ImageSplit, load_split, to_model_range, to_unit_range
 
 NUM_SAMPLES = 500
 
@@ -92,10 +95,12 @@ def test_inception_score_histogram_and_balance(quality, test_images):
 
 
 @pytest.mark.integration
-def test_sample_quality_caches_the_reference_and_is_deterministic(test_images):
-    reference = test_images[:2000]
-    first = sample_quality(test_images[-200:], reference)
-    assert sample_quality(test_images[-200:], reference) == first
+def test_sample_quality_keeps_the_reference_and_is_deterministic(test_images):
+    quality = SampleQuality(test_images[:2000])
+    first = quality.evaluate(test_images[-200:]).metrics
+    assert quality.evaluate(test_images[-200:]).metrics == first
+    # The reference features were computed once, in the constructor, not again per evaluation.
+    assert quality.fid.real_features_num_samples.item() == 2000
     assert {"fid", "kid_mean", "inception_score_mean", "class_entropy", "mean_confidence"} <= first.keys()
     assert all(isinstance(value, float) for value in first.values())
 
@@ -111,6 +116,36 @@ def test_forward_process_becomes_gaussian_only_late_in_a_linear_schedule(mnist_t
     assert sum(p > 0.05 for p in p_values[-100:]) > 50
 
 
+def old_forward_process_normality(scheduler, reference, num_images, seed):
+    """``forward_process_normality`` before the protocol, with ``add_noise`` (the reference)."""
+    x0 = to_model_range(reference.images[:num_images])
+    generator = torch.Generator().manual_seed(seed)
+    p_values = []
+    for t in range(scheduler.config.num_train_timesteps):
+        noise = torch.randn(x0.shape, generator=generator)
+        pixels = scheduler.add_noise(x0, noise, torch.tensor([t])).flatten().numpy()
+        p_values.append(float(stats.kstest(pixels, "norm").pvalue))
+    return p_values
+
+
+def test_forward_process_normality_asks_the_process_and_matches_add_noise():
+    reference = ImageSplit(
+        torch.randint(0, 256, (4, 28, 28), generator=torch.Generator().manual_seed(0), dtype=torch.uint8),
+        torch.zeros(4, dtype=torch.int64),
+    )
+    scheduler = ddpm_scheduler("linear", num_train_timesteps=30)
+    expected = old_forward_process_normality(scheduler, reference, num_images=3, seed=2)
+    pipeline = DDPMPipeline(unet=Restorer(), scheduler=scheduler)
+    for given in (scheduler, forward_process(scheduler), pipeline):
+        result = forward_process_normality(given, reference, num_images=3, seed=2)
+        assert result["timesteps"] == list(range(30)) and result["ks_pvalue"] == expected
+    # A cold process is tested over its own range, t = 0 .. T.
+    cold = forward_process_normality(ImpulseNoiseScheduler(num_train_timesteps=5), reference, num_images=3)
+    assert cold["timesteps"] == list(range(6)) and len(cold["ks_pvalue"]) == 6
+    with pytest.raises(ValueError, match="num_images=5"):
+        forward_process_normality(scheduler, reference, num_images=5)
+
+
 class Restorer(ModelMixin, ConfigMixin):
     """``oracle``: returns the known clean images (model space); otherwise returns its input unchanged."""
 
@@ -123,24 +158,75 @@ class Restorer(ModelMixin, ConfigMixin):
         return BaseOutput(sample=self.clean if self.config.oracle else sample)
 
 
+def binary_digits(count: int = 8) -> ImageSplit:
+    images = (torch.rand(count, 28, 28, generator=torch.Generator().manual_seed(0)) > 0.7).to(torch.uint8)
+    return ImageSplit(images * 255, torch.zeros(count, dtype=torch.int64))
+
+
+def cold_pipeline(model, num_train_timesteps: int = 10) -> ColdDiffusionPipeline:
+    return ColdDiffusionPipeline(model, ImpulseNoiseScheduler(num_train_timesteps=num_train_timesteps))
+
+
 def test_restoration_quality_is_perfect_for_an_oracle_and_falls_with_severity_for_identity():
-    images = (torch.rand(8, 28, 28, generator=torch.Generator().manual_seed(0)) > 0.7).to(torch.uint8) * 255
-    reference = ImageSplit(images, torch.zeros(8, dtype=torch.int64))
-    scheduler = ImpulseNoiseScheduler(num_train_timesteps=10)
+    reference = binary_digits()
     oracle = Restorer(oracle=True)
-    oracle.clean = to_model_range(images)
+    oracle.clean = to_model_range(reference.images)
     timesteps = [1, 5, 10]
-    perfect = restoration_quality(oracle, scheduler, reference, timesteps, num_images=8)
-    assert perfect["timesteps"] == timesteps
+    perfect = restoration_quality(cold_pipeline(oracle), reference, timesteps, num_images=8)
+    assert perfect["timesteps"] == timesteps and perfect["severity"] == [0.1, 0.5, 1.0]
     for mode in ("direct", "iterative"):
         # The improved update restores exactly from any t when x0_hat is exact, reusing the draw.
         assert all(value > 0.999 for value in perfect[f"ssim_{mode}"]), perfect
         assert all(value > 60 for value in perfect[f"psnr_{mode}"]), perfect
-    identity = restoration_quality(Restorer(), scheduler, reference, timesteps, num_images=8)
+    identity = restoration_quality(cold_pipeline(Restorer()), reference, timesteps, num_images=8)
     psnr = identity["psnr_direct"]
     assert psnr[0] > psnr[1] > psnr[2], identity
-    with pytest.raises(ValueError, match="timesteps"):
-        restoration_quality(oracle, scheduler, reference, [0, 11])
+    with pytest.raises(ValueError, match=r"timesteps must be a non-empty list in \[1, 10\]"):
+        restoration_quality(cold_pipeline(oracle), reference, [0, 11])
+    with pytest.raises(ValueError, match="sampler 'ddim'"):
+        restoration_quality(cold_pipeline(oracle), reference, [1], sampler="ddim", num_images=8)
+    gaussian = DDPMPipeline(unet=Restorer(), scheduler=ddpm_scheduler("linear", num_train_timesteps=10))
+    with pytest.raises(ValueError, match="restores images; gaussian does not"):
+        restoration_quality(gaussian, reference, [1], num_images=8)
+
+
+def old_restoration_quality(model, scheduler, reference, timesteps, num_inference_steps, sampling, seed):
+    """``restoration_quality`` before the pipeline had a start timestep: its own loop (the reference)."""
+    x0 = to_model_range(reference.images)
+    target = to_unit_range(x0)
+    result = {}
+    for t in timesteps:
+        scheduler.set_timesteps(num_inference_steps)
+        generator = torch.Generator().manual_seed(seed)
+        draw = scheduler.sampling_draw(tuple(x0.shape), generator, x0.device)
+        sample = scheduler.degrade(x0, t, draw=draw)
+        restored = {"direct": model(sample, torch.tensor([t])).sample}
+        for s in [t, *(int(s) for s in scheduler.timesteps if s < t)]:
+            x0_hat = model(sample, torch.tensor([s])).sample
+            sample = scheduler.step(x0_hat, s, sample, sampling=sampling).prev_sample
+        restored["iterative"] = sample
+        for name, images in restored.items():
+            images = to_unit_range(images)
+            psnr = peak_signal_noise_ratio(images, target, data_range=1.0)
+            ssim = structural_similarity_index_measure(images, target, data_range=1.0)
+            result.setdefault(f"psnr_{name}", []).append(psnr.item())
+            result.setdefault(f"ssim_{name}", []).append(ssim.item())
+    return result
+
+
+@pytest.mark.parametrize("sampler", ["improved", "naive"])
+def test_restoration_quality_through_the_pipeline_equals_its_old_loop(sampler):
+    torch.manual_seed(0)
+    network = CourseworkCNN(n_hidden=(4, 4), time_embedding_frequencies=2, num_train_timesteps=10)
+    pipeline = cold_pipeline(network)
+    reference = binary_digits(6)
+    timesteps = [2, 6, 10]
+    result = restoration_quality(pipeline, reference, timesteps, 4, sampler, num_images=6, seed=3)
+    expected = old_restoration_quality(network, pipeline.scheduler, reference, timesteps, 4, sampler, seed=3)
+    for name, values in expected.items():
+        assert result[name] == pytest.approx(values, rel=1e-5, abs=1e-5), name
+    # The iterative runs really took more steps than the direct estimate (the comparison is not trivial).
+    assert all(a != b for a, b in zip(result["psnr_iterative"], result["psnr_direct"], strict=True))
 
 
 @pytest.mark.parametrize(

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import sys
 
 import pytest
-from conftest import PROJECT_ROOT
 from pypdf import PdfReader
 
-sys.path.insert(0, str(PROJECT_ROOT / "scripts"))
-import report_assets  # noqa: E402
+from tests.conftest import PROJECT_ROOT
+
+# A script of scripts/ as a module (scripts are run, not installed), by the recipe of the importlib docs.
+_spec = importlib.util.spec_from_file_location("report_assets", PROJECT_ROOT / "scripts" / "report_assets.py")
+report_assets = sys.modules["report_assets"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(report_assets)
 
 REPORT = PROJECT_ROOT / "report"
 MAX_WORDS = 3000

@@ -21,15 +21,15 @@ def test_npy_and_png_outputs_are_deterministic_per_seed(tiny_ddpm_folder, tmp_pa
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, other)
 
-    result = sample(tiny_ddpm_folder, tmp_path / "grid.png", "--num_images", "4", "--scheduler", "ddim",
+    result = sample(tiny_ddpm_folder, tmp_path / "grid.png", "--num_images", "4", "--sampler", "ddim",
                     "--num_inference_steps", "5")  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert Image.open(tmp_path / "grid.png").size == (2 * 28 + 3 * 2, 2 * 28 + 3 * 2)  # 2x2 grid, 2px padding
 
 
-@pytest.mark.parametrize("scheduler", ["ddpm", "ddim", "dpmsolver"])
-def test_every_gaussian_sampler_runs(scheduler, tiny_ddpm_folder, tmp_path):
-    result = sample(tiny_ddpm_folder, tmp_path / "x.npy", "--num_images", "2", "--scheduler", scheduler,
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmsolver"])
+def test_every_gaussian_sampler_runs(sampler, tiny_ddpm_folder, tmp_path):
+    result = sample(tiny_ddpm_folder, tmp_path / "x.npy", "--num_images", "2", "--sampler", sampler,
                     "--num_inference_steps", "10")  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert np.isfinite(np.load(tmp_path / "x.npy")).all()
@@ -39,14 +39,20 @@ def test_every_gaussian_sampler_runs(scheduler, tiny_ddpm_folder, tmp_path):
     "flags, message",
     [
         (["--num_images", "0"], "--num_images must be at least 1, got 0"),
-        (["--scheduler", "improved"], "sampler 'improved' is not available for a Gaussian pipeline"),
+        (
+            ["--sampler", "improved"],
+            "sampler 'improved' is not available for the gaussian process; "
+            "choose one of ddpm, ddim, dpmsolver",
+        ),
         (["--num_inference_steps", "21"], "num_inference_steps=21 must be between 1 and 20"),
-        (["--scheduler", "euler"], "invalid choice: 'euler'"),
+        (["--sampler", "euler"], "invalid choice: 'euler'"),
+        (["--scheduler", "ddim"], "unrecognized arguments: --scheduler ddim"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(flags, message, tiny_ddpm_folder, tmp_path):
     result = sample(tiny_ddpm_folder, tmp_path / "x.png", *flags)
     assert result.returncode == 2 and message in result.stderr
+    assert not (tmp_path / "x.png").exists()
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 

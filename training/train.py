@@ -99,9 +99,12 @@ def add_process_options(parser: ArgumentParser, registry: Mapping[str, Any] = FO
                 text += f" ({', '.join(map(str, option.choices))})"
             texts.setdefault(text, []).append(process)
         described = "; ".join(f"{', '.join(processes)}: {text}" for text, processes in texts.items())
+        # argparse checks the values any process allows; the chosen process checks its own when built.
+        choices = [option.choices for option in by_process.values()]
         group.add_argument(
             f"--{name}",
             type=_parse_bool if kind is bool else kind,
+            choices=tuple(dict.fromkeys(sum(choices, ()))) if all(choices) else None,
             default=None,
             metavar=kind.__name__.upper(),
             help=described.replace("%", "%%"),
