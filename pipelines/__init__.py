@@ -3,6 +3,7 @@
 from .cold_diffusion import ColdDiffusionPipeline, ColdDiffusionPipelineOutput, make_portable
 from .ddpm import DDPMCallbackPipeline
 from .loading import load_pipeline
+from .saving import save_pipeline
 
 __all__ = [
     "ColdDiffusionPipeline",
@@ -10,4 +11,5 @@ __all__ = [
     "DDPMCallbackPipeline",
     "load_pipeline",
     "make_portable",
+    "save_pipeline",
 ]

@@ -8,16 +8,15 @@ how to train it when it does not exist yet.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from app.demo import DEFAULT_MODEL, DEFAULT_TEST_DATA, build_demo
-from training.cli import run_cli
+from training.cli import ArgumentParser, run_cli
 
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the flags and serve the demo until interrupted."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--model",
         action="append",

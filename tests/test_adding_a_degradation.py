@@ -41,7 +41,8 @@ def commands() -> list[list[str]]:
     """The page's shell commands (continuation lines joined, comments dropped), as argument lists."""
     script = "".join(code_blocks("bash").values()).replace("\\\n", " ")
     lines = [line.strip() for line in script.splitlines() if line.strip() and not line.startswith("#")]
-    return [shlex.split(line) for line in lines]
+    # The demo serves until stopped: test_the_demo_samples_and_restores_the_new_degradation runs its handlers.
+    return [shlex.split(line) for line in lines if not line.startswith("python scripts/demo.py")]
 
 
 @pytest.fixture(scope="module")
@@ -74,10 +75,6 @@ def test_each_command_of_the_page_runs_in_the_copy(step, project_with_fade, synt
     arguments = shlex.split(command)
     if arguments[:2] == ["accelerate", "launch"]:
         arguments = ["python", *arguments[2:]]
-    if arguments[1] == "scripts/demo.py":
-        pytest.skip(
-            "covered by test_the_demo_samples_and_restores_the_new_degradation (a server runs forever)"
-        )
     if arguments[1] in ("scripts/evaluate.py", "scripts/plot_degradation.py"):
         arguments += ["--dataset_name", str(synthetic_mnist)]
     if step > 0 and not (project_with_fade / "outputs" / "fade" / "model_index.json").is_file():
@@ -104,3 +101,29 @@ def test_the_saved_folder_names_the_degradation_and_loads_as_remote_code(project
     result = run_python("-c", code, cwd=folder.parent)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "FadeScheduler (2, 28, 28, 1)" in result.stdout
+
+
+def test_the_demo_samples_and_restores_the_new_degradation(project_with_fade):
+    folder = project_with_fade / "outputs" / "fade"
+    if not (folder / "model_index.json").is_file():
+        pytest.skip("the training command did not run first")
+    code = f"""
+import numpy as np
+from app import demo
+store = demo.ModelStore()
+demo.build_demo([{str(folder)!r}], test_data=None, store=store)
+pipeline = store.get({str(folder)!r})
+print(demo.describe("fade", pipeline))
+print([value for _, value in demo.sampler_choices(__import__("schedulers").forward_process(pipeline))])
+images, gif, report = demo.sample_images(pipeline, "naive", 3, 2, 0)
+digit = np.zeros((28, 28), np.uint8)
+digit[6:22, 12:16] = 255
+gallery, gif, report = demo.restore_digit(pipeline, "improved", 20, digit, 10, 0)
+print(len(images), [caption for _, caption in gallery])
+"""
+    result = run_python("-c", code, cwd=project_with_fade, env={"PYTHONPATH": str(project_with_fade)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert "fade" in lines[0]
+    assert lines[1] == "['improved', 'naive', 'direct']"
+    assert lines[2] == "2 ['original', 'degraded, t = 10', 'restored (Improved (Algorithm 2))']"

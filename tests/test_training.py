@@ -50,8 +50,9 @@ def test_accelerate_launch_trains_saves_and_loads_in_a_fresh_process(synthetic_m
     assert list((output / "logs").rglob("events.out.tfevents*")), "no TensorBoard log"
     assert yaml.safe_load((output / "training_config.yaml").read_text())["max_train_steps"] == 12
     load = (
-        "import sys; import models; from diffusers import DiffusionPipeline; "
-        "p = DiffusionPipeline.from_pretrained(sys.argv[1]); "
+        # The saved folder carries the CNN's code: plain Diffusers loads it, no import of this project.
+        "import sys; from diffusers import DiffusionPipeline; "
+        "p = DiffusionPipeline.from_pretrained(sys.argv[1], trust_remote_code=True); "
         "images = p(batch_size=2, num_inference_steps=3, output_type='np').images; "
         "print(type(p).__name__, type(p.unet).__name__, images.shape)"
     )
@@ -119,9 +120,13 @@ def test_a_fresh_run_starts_a_new_log(synthetic_mnist, tmp_path):
     output = tmp_path / "run"
     (output / "logs").mkdir(parents=True)
     (output / "logs" / "metrics.jsonl").write_text(json.dumps({"step": 99, "epoch": 5, "loss": 1.0}) + "\n")
-    result = run_python("training/train.py", *tiny_run(synthetic_mnist, output, "--max_train_steps", "2"))
+    flags = ["--max_train_steps", "2", "--hub_token", "hf_not_to_be_written"]
+    result = run_python("training/train.py", *tiny_run(synthetic_mnist, output, *flags))
     assert result.returncode == 0, result.stderr[-3000:]
     assert [r["step"] for r in read_jsonl(output / "logs" / "metrics.jsonl") if "loss" in r] == [1, 2]
+    # A secret given on the command line is never written down with the run.
+    for path in [output / "training_config.yaml", *(output / "logs").rglob("*")]:
+        assert not path.is_file() or b"hf_not_to_be_written" not in path.read_bytes(), path
 
 
 class CreatesAFile:

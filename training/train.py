@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from models import UNET_PRESETS, CourseworkCNN, unet_preset
 from pipelines.sampling import generate, save_grid
+from pipelines.saving import save_pipeline
 from schedulers import FORWARD_PROCESSES, PROCESS_TYPES, ForwardProcess, factory_options, forward_process
 from training.cli import ArgumentParser, run_cli
 from training.data import MNIST, load_split, to_model_range, uint8_to_unit_range
@@ -52,6 +53,8 @@ PARTIAL_PREFIX = f".partial-{CHECKPOINT_PREFIX}"
 EMA_WEIGHTS_FILE = "ema.safetensors"
 TRAINING_STATE_FILE = "training_state.json"
 NOISE_GENERATOR_FILE = "noise_generator_{}.safetensors"
+# Flags kept out of training_config.yaml and the trackers: the config file itself, and a secret.
+NOT_RECORDED = ("config", "hub_token")
 
 
 def process_options(registry: Mapping[str, Any] = FORWARD_PROCESSES) -> dict[str, dict[str, Any]]:
@@ -488,9 +491,10 @@ class Trainer:
             (self.output_dir / "logs").mkdir(parents=True, exist_ok=True)
             with open(self.output_dir / "training_config.yaml", "w") as handle:
                 yaml.safe_dump(
-                    {k: v for k, v in vars(args).items() if k != "config"}, handle, sort_keys=False
+                    {k: v for k, v in vars(args).items() if k not in NOT_RECORDED}, handle, sort_keys=False
                 )
-            accelerator.init_trackers("train", config={k: str(v) for k, v in vars(args).items()})
+            recorded = {k: str(v) for k, v in vars(args).items() if k not in NOT_RECORDED}
+            accelerator.init_trackers("train", config=recorded)
         self.global_step = 0
         self.evaluator = None
 
@@ -705,7 +709,7 @@ class Trainer:
         if self.ema_model is not None:
             self.ema_model.copy_to(final_model.parameters())
         if accelerator.is_main_process:
-            self.process.make_pipeline(final_model).save_pretrained(str(self.output_dir))
+            save_pipeline(self.process.make_pipeline(final_model), self.output_dir)
             logger.info("Saved the pipeline to %s", self.output_dir)
             if args.push_to_hub:
                 from publishing.hub import push_pipeline
