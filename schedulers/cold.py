@@ -74,7 +74,9 @@ class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
 
     order = 1
     degradation_name: ClassVar[str]
-    # The training loss that suits the target: l1 for predicted clean images (Bansal et al.).
+    # What the network predicts, in words (model cards), and the loss that suits it: l1 for predicted clean
+    # images (Bansal et al.).
+    prediction_target: ClassVar[str] = "the clean image `x0`"
     default_loss: ClassVar[Literal["l1", "l2"]] = "l1"
     # Prior: a Gaussian mixture fitted on at most this many D(x, T), in at most this many PCA dimensions.
     prior_components = 20

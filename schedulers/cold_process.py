@@ -90,13 +90,7 @@ class ColdProcess(ForwardProcess):
 
     @property
     def objective(self) -> str:
-        """Asks the scheduler: whether the target of its training examples is the clean image."""
-        x0 = self._probe_images()
-        last = torch.full((len(x0),), self.num_train_timesteps)
-        _, target = self.scheduler.training_example(x0, last, torch.Generator().manual_seed(0))
-        if torch.equal(target, x0):
-            return "restore the clean image `x0`"
-        return f"predict the target of `{type(self.scheduler).__name__}.training_example` (not `x0`)"
+        return f"predict {self.scheduler.prediction_target}"
 
     def summary(self) -> str:
         kind = "stochastic (a fresh random draw per image)" if self.stochastic else "deterministic"

@@ -53,6 +53,7 @@ class EntropyScaledNoiseScheduler(ColdDiffusionScheduler):
 
     degradation_name = "des"
     # The model predicts scaled Gaussian noise, as a Gaussian DDPM predicts its noise.
+    prediction_target = "the entropy-scaled noise `s(x0) eps`"
     default_loss = "l2"
 
     @register_to_config
