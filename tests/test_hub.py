@@ -395,7 +395,7 @@ def test_cold_card_describes_the_cold_process(process_folders) -> None:
     assert "ddpm" not in card.data.to_dict()["tags"]
     assert "| Pipeline | `ColdDiffusionPipeline` |" in text
     assert "| Scheduler | `GaussianBlurScheduler` |" in text
-    assert "| Training objective | restore the clean image `x0`, L1 loss |" in text
+    assert "| Training objective | predict the clean image `x0`, L1 loss |" in text
     assert "`improved`: Improved (Algorithm 2), 8 steps (the default, in the snippet below)" in text
     assert "`direct`: Direct (one restoration step), 1 step." in text
     assert "`ColdDiffusionPipeline`, `GaussianBlurScheduler`, `CourseworkCNN` are custom code" in text
