@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 
 import torch
 from diffusers import DiffusionPipeline
 from torchvision.utils import make_grid, save_image
 
 from schedulers import forward_process
+from training.files import atomic_output
 
 
 @torch.inference_mode()
@@ -84,6 +84,6 @@ def image_grid(images01: torch.Tensor) -> torch.Tensor:
 
 
 def save_grid(images01: torch.Tensor, path: str | os.PathLike) -> None:
-    """Save :func:`image_grid` of ``images01`` as a PNG, creating the folder if needed."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_image(image_grid(images01), path)
+    """Save :func:`image_grid` of ``images01`` as a PNG (atomically), creating the folder if needed."""
+    with atomic_output(path) as temporary:
+        save_image(image_grid(images01), temporary)

@@ -291,9 +291,12 @@ def write_model_card(
         The path of the written card.
 
     Raises:
-        ValueError: if ``folder`` is not a saved pipeline or a given file is missing or invalid.
+        ValueError: if ``folder`` is not a saved pipeline, ``repo_id`` is neither a Hub id nor a local
+            folder, or a given file is missing or invalid.
     """
     folder = Path(folder)
+    if repo_id is not None and not Path(repo_id).is_dir():
+        _check_repo_id(repo_id)
     card = build_model_card(folder, repo_id or str(folder), read_metrics(folder, metrics_path))
     with tempfile.TemporaryDirectory(dir=folder, prefix=".card-") as scratch:
         grid = Path(scratch, SAMPLE_GRID_FILE)

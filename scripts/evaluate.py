@@ -36,7 +36,8 @@ from pipelines.sampling import generate, save_grid
 from schedulers import ForwardProcess, forward_process
 from training.cli import ArgumentParser, run_cli
 from training.data import default_mnist, load_split, uint8_to_unit_range
-from training.train import all_sampler_names
+from training.files import atomic_output, check_writable, write_text
+from training.train import all_sampler_names, long_sampling_notice
 
 NUM_EXTREMES = 16
 P_VALUE_FLOOR = 1e-20
@@ -134,7 +135,8 @@ def plot_histogram(counts: list[int], entropy: float, path: Path) -> None:
     axis.set(xticks=range(len(counts)), xlabel="predicted class", ylabel="samples")
     axis.set_title(f"predicted classes (normalized entropy {entropy:.3f})")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    with atomic_output(path) as temporary:
+        figure.savefig(temporary, dpi=120)
 
 
 def plot_per_t(per_t: dict, path: Path) -> None:
@@ -159,14 +161,15 @@ def plot_per_t(per_t: dict, path: Path) -> None:
             axis.set(xlabel="severity t / T", ylabel=metric.upper(), title=f"restoration {metric.upper()}")
             axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    with atomic_output(path) as temporary:
+        figure.savefig(temporary, dpi=120)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the flags, sample or load images, score them and write metrics.json and the figures."""
     args = parse_args(argv)
     torch.set_num_threads(args.num_threads)
-    output = Path(args.output)
+    output = check_writable(args.output)
     metrics: dict = {
         "model": args.model,
         "samples": args.samples,
@@ -181,6 +184,9 @@ def main(argv: list[str] | None = None) -> None:
         process = forward_process(pipeline)
         sampler = args.sampler or process.default_sampler
         process.check_sampler(sampler, args.num_inference_steps)
+        steps = args.num_inference_steps or process.default_steps(sampler)
+        if notice := long_sampling_notice(process, sampler, steps, args.num_images):
+            print(notice, file=sys.stderr)
     test, train = load_split(args.dataset_name, "test"), load_split(args.dataset_name, "train")
     if pipeline is not None:
         if args.start == "test" and args.num_images > len(test.images):
@@ -227,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
         figures["per_t"] = output.with_name(f"{output.stem}_per_t.png")
         plot_per_t(metrics["per_t"], figures["per_t"])
     metrics["figures"] = {name: path.name for name, path in figures.items()}  # beside the JSON
-    output.write_text(json.dumps(metrics, indent=2) + "\n")
+    write_text(output, json.dumps(metrics, indent=2) + "\n")
 
     print(
         f"FID {metrics['fid']:.3f} (floor {metrics['fid_floor']:.3f})  KID {metrics['kid_mean']:.5f}  "

@@ -21,6 +21,7 @@ from pipelines import load_pipeline
 from schedulers import ForwardProcess, forward_process
 from training.cli import ArgumentParser, run_cli
 from training.data import default_mnist, load_split, to_model_range, to_unit_range
+from training.files import atomic_output, check_writable
 
 
 def degradation_timesteps(process: ForwardProcess, num_columns: int) -> list[int]:
@@ -65,7 +66,8 @@ def plot_series(series: torch.Tensor, timesteps: list[int], title: str, path: st
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    with atomic_output(path) as temporary:
+        figure.savefig(temporary, dpi=120)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -89,6 +91,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     """Load the pipeline and the digits, degrade them and save the picture."""
     args = parse_args(argv)
+    check_writable(args.output)
     process = forward_process(load_pipeline(args.model))
     images = load_split(args.dataset_name, "test", args.num_digits).images
     timesteps = degradation_timesteps(process, args.num_columns)

@@ -62,9 +62,16 @@ def load_experiments(path: str | os.PathLike) -> dict[str, Experiment]:
     Raises:
         ValueError: naming the run and the bad entry.
     """
-    with open(path) as handle:
-        document = yaml.safe_load(handle) or {}
-    runs = document.get("runs")
+    try:
+        with open(path) as handle:
+            document = yaml.safe_load(handle) or {}
+    except FileNotFoundError:
+        raise ValueError(f"experiments file {str(path)!r} does not exist") from None
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(
+            f"experiments file {str(path)!r} is not readable YAML: {' '.join(str(error).split())}"
+        ) from None
+    runs = document.get("runs") if isinstance(document, dict) else None
     if not isinstance(runs, dict) or not runs:
         raise ValueError(f"{path}: expected a non-empty mapping 'runs'")
     experiments = {}

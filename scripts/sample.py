@@ -19,7 +19,8 @@ from pipelines import load_pipeline
 from pipelines.sampling import generate, save_grid
 from schedulers import forward_process
 from training.cli import ArgumentParser, run_cli
-from training.train import all_sampler_names
+from training.files import atomic_output, check_writable
+from training.train import all_sampler_names, long_sampling_notice
 
 OUTPUT_SUFFIXES = (".png", ".npy")
 
@@ -45,18 +46,24 @@ def main(argv: list[str] | None = None) -> None:
     output = Path(args.output)
     if output.suffix not in OUTPUT_SUFFIXES:
         raise ValueError(f"--output {args.output!r} must end in one of {', '.join(OUTPUT_SUFFIXES)}")
-    if args.num_images < 1:
-        raise ValueError(f"--num_images must be at least 1, got {args.num_images}")
+    if args.num_images < 1 or args.batch_size < 1:
+        raise ValueError(
+            f"--num_images and --batch_size must be at least 1, got {args.num_images} and {args.batch_size}"
+        )
+    check_writable(output)
     pipeline = load_pipeline(args.model)
     process = forward_process(pipeline)
     sampler = args.sampler or process.default_sampler
     process.check_sampler(sampler, args.num_inference_steps)
+    steps = args.num_inference_steps or process.default_steps(sampler)
+    if notice := long_sampling_notice(process, sampler, steps, args.num_images):
+        print(notice, file=sys.stderr)
     images = generate(
         pipeline, args.num_images, sampler, args.num_inference_steps, args.seed, args.batch_size, True
     )
-    output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix == ".npy":
-        np.save(output, images[:, 0].numpy().astype(np.float32))
+        with atomic_output(output) as temporary:
+            np.save(temporary, images[:, 0].numpy().astype(np.float32))
     else:
         save_grid(images, output)
     print(f"wrote {len(images)} images to {output}")

@@ -3,9 +3,11 @@
 A few minutes on 2 CPU cores::
 
     python scripts/train_classifier.py --dataset_name ../shared/data/mnist \\
-        --output_dir models/mnist_classifier
+        --output_dir outputs/mnist_classifier
 
-The shipped weights were produced with the defaults: 99.49 % test accuracy after 4 epochs (about 40 s
+It writes to its own folder (default ``outputs/mnist_classifier``), never over the shipped classifier in
+``models/mnist_classifier`` unless that folder is given explicitly. The shipped weights were produced with
+the defaults: 99.49 % test accuracy after 4 epochs (about 40 s
 each on an idle 2-core CPU; longer on a busy one). The script prints the test accuracy after every epoch.
 """
 
@@ -15,14 +17,16 @@ import argparse
 import math
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from evaluation.metrics import classify, split_to_unit_range
-from models.mnist_classifier import PRETRAINED_DIR, MNISTClassifier
+from models.mnist_classifier import MNISTClassifier
 from training.cli import ArgumentParser, run_cli
 from training.data import default_mnist, load_split
+from training.files import atomic_folder, check_writable
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=default_mnist(),
         help="Hub id or local parquet folder (default: local copy or Hub)",
     )
-    parser.add_argument("--output_dir", default=PRETRAINED_DIR)
+    parser.add_argument("--output_dir", default="outputs/mnist_classifier")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--learning_rate", type=float, default=4e-3, help="peak of the one-cycle schedule")
@@ -44,8 +48,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("epochs", "batch_size", "num_threads"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name}={getattr(args, name)} must be >= 1")
-    if args.learning_rate <= 0 or args.weight_decay < 0:
-        raise ValueError("--learning_rate must be > 0 and --weight_decay >= 0")
+    if args.learning_rate <= 0 or args.weight_decay < 0 or args.seed < 0:
+        raise ValueError(
+            f"--learning_rate must be > 0, --weight_decay >= 0 and --seed >= 0, got {args.learning_rate}, "
+            f"{args.weight_decay} and {args.seed}"
+        )
+    check_writable(Path(args.output_dir) / "config.json", "--output_dir")
     return args
 
 
@@ -111,7 +119,8 @@ def main(argv: list[str] | None = None) -> None:
             f"({time.perf_counter() - start:.0f} s)",
             flush=True,
         )
-    model.save_pretrained(args.output_dir)
+    with atomic_folder(args.output_dir) as temporary:
+        model.save_pretrained(temporary)
     print(f"saved to {args.output_dir}")
 
 

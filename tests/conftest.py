@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
+
+from training.data import write_synthetic_mnist
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
@@ -28,10 +30,21 @@ def _cold_degradations() -> list[str]:
 COLD_DEGRADATIONS = _cold_degradations()
 
 
+# No test may depend on the machine's speed: a subprocess's time limit only stops a hung process, so it is an
+# hour, far beyond any run of this suite on a busy 2-core machine. Browser tests wait as long for the page.
+SUBPROCESS_TIMEOUT_S = 3600
+
+
 def run_python(
-    *args: str, timeout: float = 600, cwd: Path = PROJECT_ROOT, env: dict[str, str] | None = None
+    *args: str,
+    timeout: float = SUBPROCESS_TIMEOUT_S,
+    cwd: Path = PROJECT_ROOT,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run ``python ARGS`` (a script or ``-m``/``-c``) offline in a fresh process; output is captured."""
+    """Run ``python ARGS`` (a script or ``-m``/``-c``) offline in a fresh process; output is captured.
+
+    ``timeout`` is a safety net against a hung process, not a speed requirement.
+    """
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     return subprocess.run(
         [sys.executable, *args],
@@ -43,27 +56,10 @@ def run_python(
     )
 
 
-def write_image_dataset(folder: Path, num_train: int, num_test: int, seed: int = 0) -> Path:
-    """Write random 28x28 'digits' (a bright bar whose position encodes the label) as Hub parquet files."""
-    from datasets import ClassLabel, Dataset, Features, Image
-
-    rng = np.random.default_rng(seed)
-    features = Features({"image": Image(), "label": ClassLabel(names=[str(i) for i in range(10)])})
-    for split, count in (("train", num_train), ("test", num_test)):
-        labels = rng.integers(0, 10, count)
-        images = rng.integers(0, 40, (count, 28, 28), dtype=np.uint8)
-        for image, label in zip(images, labels, strict=True):
-            image[4 + 2 * label : 6 + 2 * label, 4:24] = 255
-        dataset = Dataset.from_dict({"image": list(images), "label": labels.tolist()}, features=features)
-        (folder / "data").mkdir(parents=True, exist_ok=True)
-        dataset.to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
-    return folder
-
-
 @pytest.fixture(scope="session")
 def synthetic_mnist(tmp_path_factory) -> Path:
     """A 256/64-image MNIST look-alike folder that ``datasets.load_dataset`` reads offline."""
-    return write_image_dataset(tmp_path_factory.mktemp("synthetic_mnist"), 256, 64)
+    return write_synthetic_mnist(tmp_path_factory.mktemp("synthetic_mnist"), 256, 64)
 
 
 @pytest.fixture(scope="session")
@@ -76,6 +72,54 @@ def real_mnist() -> Path:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "browser: drives the Gradio demo in headless Chromium")
+
+
+# The browser tests drive the system's Chromium (Playwright never downloads one). On a machine without it they
+# are skipped with this reason; where they must run (CI: `.ci/run` exports REQUIRE_BROWSER_TESTS=1) a missing
+# browser is a failure instead.
+REQUIRE_BROWSER_TESTS = "REQUIRE_BROWSER_TESTS"
+CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser")
+
+
+def find_chromium() -> str | None:
+    """The system Chromium's executable (Debian's ``/usr/bin/chromium`` or one on the PATH), or ``None``."""
+    for candidate in CHROMIUM_CANDIDATES:
+        found = candidate if os.path.isfile(candidate) else shutil.which(candidate)
+        if found and os.access(found, os.X_OK):
+            return found
+    return None
+
+
+def browser_tests_required() -> bool:
+    return os.environ.get(REQUIRE_BROWSER_TESTS, "").strip().lower() not in ("", "0", "false", "no")
+
+
+NO_CHROMIUM = "no system Chromium (apt-get install chromium)"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    chromium = find_chromium()
+    if chromium:
+        return f"browser tests: {chromium}"
+    if browser_tests_required():
+        return f"browser tests: FAIL: {NO_CHROMIUM}, and {REQUIRE_BROWSER_TESTS} is set"
+    return f"browser tests: skipped: {NO_CHROMIUM}; {REQUIRE_BROWSER_TESTS}=1 makes this a failure"
+
+
+def require_chromium() -> str:
+    """The system Chromium; skips the calling test without one, or fails it under REQUIRE_BROWSER_TESTS."""
+    found = find_chromium()
+    if found is None:
+        if browser_tests_required():
+            pytest.fail(f"{NO_CHROMIUM}, and {REQUIRE_BROWSER_TESTS} is set", pytrace=False)
+        pytest.skip(f"{NO_CHROMIUM}; {REQUIRE_BROWSER_TESTS}=1 makes this a failure")
+    return found
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The system Chromium for Playwright (see :func:`require_chromium`)."""
+    return require_chromium()
 
 
 @pytest.fixture(scope="session")

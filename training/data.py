@@ -66,6 +66,10 @@ def uint8_to_unit_range(images: torch.Tensor) -> torch.Tensor:
     return to_unit_range(to_model_range(images))
 
 
+# The names image-classification datasets on the Hub give their image column.
+IMAGE_COLUMNS = ("image", "img")
+
+
 def load_split(dataset_name: str, split: str, limit: int | None = None) -> ImageSplit:
     """Load one split of an image-classification dataset into memory.
 
@@ -100,7 +104,12 @@ def load_split(dataset_name: str, split: str, limit: int | None = None) -> Image
         raise _unreachable(dataset_name, is_local, error) from error
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
-    image_column = "image" if "image" in dataset.column_names else "img"
+    image_column = next((name for name in IMAGE_COLUMNS if name in dataset.column_names), None)
+    if image_column is None or "label" not in dataset.column_names:
+        raise ValueError(
+            f"dataset {dataset_name!r} split {split!r} has columns {dataset.column_names}; it needs an image "
+            f"column ({' or '.join(IMAGE_COLUMNS)}) and a label column (label)"
+        )
     images = dataset.with_format("numpy")[:][image_column]
     labels = np.asarray(dataset.data.column("label"))
     return ImageSplit(torch.from_numpy(np.array(images, dtype=np.uint8)), torch.from_numpy(np.array(labels)))
@@ -113,3 +122,27 @@ def _unreachable(dataset_name: str, is_local: bool, error: Exception) -> ValueEr
         "pass a Hub id that is reachable (e.g. ylecun/mnist) or a local folder in the Hub's parquet "
         "layout (e.g. ../shared/data/mnist)"
     )
+
+
+def write_synthetic_mnist(folder: str | os.PathLike, num_train: int, num_test: int, seed: int = 0) -> Path:
+    """Write an MNIST look-alike in the Hub's parquet layout, for tests and smoke runs that need no download.
+
+    Each 28x28 image is dim noise with a bright bar whose height encodes its label, so a model can learn it.
+
+    Returns:
+        ``folder``, which ``datasets.load_dataset`` (and :func:`load_split`) read offline.
+    """
+    from datasets import ClassLabel, Dataset, Features, Image
+
+    folder = Path(folder)
+    rng = np.random.default_rng(seed)
+    features = Features({"image": Image(), "label": ClassLabel(names=[str(i) for i in range(10)])})
+    for split, count in (("train", num_train), ("test", num_test)):
+        labels = rng.integers(0, 10, count)
+        images = rng.integers(0, 40, (count, 28, 28), dtype=np.uint8)
+        for image, label in zip(images, labels, strict=True):
+            image[4 + 2 * label : 6 + 2 * label, 4:24] = 255
+        dataset = Dataset.from_dict({"image": list(images), "label": labels.tolist()}, features=features)
+        (folder / "data").mkdir(parents=True, exist_ok=True)
+        dataset.to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+    return folder

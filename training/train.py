@@ -43,7 +43,15 @@ from pipelines.saving import save_pipeline
 from schedulers import FORWARD_PROCESSES, PROCESS_TYPES, ForwardProcess, factory_options, forward_process
 from training.cli import ArgumentParser, run_cli
 from training.data import MNIST, load_split, to_model_range, uint8_to_unit_range
-from training.objective import compute_loss, held_out_losses, training_batch
+from training.files import write_text
+from training.objective import (
+    compute_loss,
+    held_out_losses,
+    immiscible_refusal,
+    loss_weights,
+    snr_refusal,
+    training_batch,
+)
 
 logger = get_logger(__name__)
 
@@ -53,6 +61,11 @@ PARTIAL_PREFIX = f".partial-{CHECKPOINT_PREFIX}"
 EMA_WEIGHTS_FILE = "ema.safetensors"
 TRAINING_STATE_FILE = "training_state.json"
 NOISE_GENERATOR_FILE = "noise_generator_{}.safetensors"
+# --checkpoint_minutes: the pipeline after M minutes of training-loop time, and the file that completes it.
+MINUTES_PREFIX = "minutes-"
+SNAPSHOT_FILE = "snapshot.json"
+# CPU flags (/proc/cpuinfo) of native bf16 arithmetic: AVX-512 BF16 and AMX on x86, the BF16 extension on Arm.
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 # Flags kept out of training_config.yaml and the trackers: the config file itself, and a secret.
 NOT_RECORDED = ("config", "hub_token")
 
@@ -69,6 +82,36 @@ def process_options(registry: Mapping[str, Any] = FORWARD_PROCESSES) -> dict[str
 def all_sampler_names() -> tuple[str, ...]:
     """Every sampler of every process family, for ``--sampler``'s choices (each process checks its own)."""
     return tuple(dict.fromkeys(name for kind in PROCESS_TYPES for name in kind.samplers))
+
+
+# Sampling more image-steps (images x network calls per image) than this gets a notice before it starts.
+LONG_SAMPLING_IMAGE_STEPS = 50_000
+
+
+def long_sampling_notice(process: ForwardProcess, sampler: str, steps: int, num_images: int) -> str | None:
+    """One line naming a faster way when sampling ``num_images`` with ``steps`` calls each is long, else None.
+
+    The faster way is the process's default sampler, else its sampler with the fewest steps above one, when
+    that takes fewer steps than ``steps``; else fewer ``--num_inference_steps``.
+    """
+    if num_images * steps <= LONG_SAMPLING_IMAGE_STEPS:
+        return None
+    candidates = [process.default_sampler] + sorted(
+        (name for name, entry in process.samplers.items() if entry.default_steps),
+        key=lambda name: process.default_steps(name),
+    )
+    faster = next((n for n in candidates if 1 < process.default_steps(n) < steps and n != sampler), None)
+    if faster is not None:
+        hint = (
+            f"--sampler {faster} --num_inference_steps {process.default_steps(faster)} takes "
+            f"{steps / process.default_steps(faster):.0f}x fewer"
+        )
+    else:
+        hint = f"fewer --num_inference_steps (e.g. {max(1, steps // 5)}) take fewer"
+    return (
+        f"notice: {num_images} images x {steps} {sampler} steps = {num_images * steps:,} image-steps, which "
+        f"can take many minutes on a CPU; {hint} network calls"
+    )
 
 
 def add_process_options(parser: ArgumentParser, registry: Mapping[str, Any] = FORWARD_PROCESSES) -> None:
@@ -160,6 +203,21 @@ def build_parser(registry: Mapping[str, Any] = FORWARD_PROCESSES) -> ArgumentPar
         default=None,
         help="Default: the process's own (l2 Gaussian, l1 cold).",
     )
+    diffusion.add_argument(
+        "--snr_gamma",
+        type=float,
+        default=None,
+        help="Min-SNR-gamma loss weighting (Hang et al., 2023; 5 is usual): each example's loss is weighted "
+        "as min(SNR(t), gamma) on the clean image, in the form of the process's target; only for processes "
+        "whose x_t has a signal-to-noise ratio (refused for the others).",
+    )
+    diffusion.add_argument(
+        "--immiscible",
+        action="store_true",
+        help="Immiscible diffusion (Li et al., 2024): give each image of a batch the batch's Gaussian noise "
+        "by linear assignment on pixel distances before noising; only for processes that draw Gaussian "
+        "noise (refused for the others).",
+    )
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--train_batch_size", type=int, default=128)
     optim.add_argument("--eval_batch_size", type=int, default=512)
@@ -172,7 +230,18 @@ def build_parser(registry: Mapping[str, Any] = FORWARD_PROCESSES) -> ArgumentPar
     optim.add_argument("--max_grad_norm", type=float, default=1.0)
     optim.add_argument("--use_ema", action="store_true")
     optim.add_argument("--ema_max_decay", type=float, default=0.9999)
-    optim.add_argument("--mixed_precision", choices=("no", "bf16"), default="no")
+    optim.add_argument(
+        "--mixed_precision",
+        choices=("no", "bf16"),
+        default="no",
+        help="bf16 autocast, on a GPU or on a CPU with native bf16 arithmetic (AVX-512 BF16, AMX); refused "
+        "on other CPUs, where bf16 is emulated and several times slower than fp32.",
+    )
+    optim.add_argument(
+        "--allow_emulated_bf16",
+        action="store_true",
+        help="Run --mixed_precision bf16 on a CPU without native bf16 arithmetic anyway (slow).",
+    )
     speed = parser.add_argument_group("speed (same computation, different execution)")
     speed.add_argument(
         "--channels_last", action="store_true", help="NHWC memory format for the convolutions."
@@ -203,6 +272,23 @@ def build_parser(registry: Mapping[str, Any] = FORWARD_PROCESSES) -> ArgumentPar
     logs.add_argument("--eval_num_images", type=int, default=500, help="Samples per evaluation.")
     logs.add_argument("--checkpointing_steps", type=int, default=500)
     logs.add_argument("--checkpoints_total_limit", type=int, default=2)
+    logs.add_argument(
+        "--checkpoint_minutes",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="M",
+        help=f"Also save the pipeline (EMA weights if any) to OUTPUT_DIR/{MINUTES_PREFIX}M/ when the "
+        "training loop has run M minutes (the steps and data loading; not validation, sampling or saving), "
+        "with a checkpoint to resume from; the loop time is kept across resumes. E.g. 2.5 5 10 20 30.",
+    )
+    logs.add_argument(
+        "--max_train_minutes",
+        type=float,
+        default=None,
+        help="Stop after this many minutes of training-loop time (as counted for --checkpoint_minutes), or "
+        "at --max_train_steps if that comes first (it still sets the learning-rate schedule).",
+    )
     logs.add_argument("--resume_from_checkpoint", type=str, default=None, help="'latest' or a path.")
     hub = parser.add_argument_group("Hugging Face Hub")
     hub.add_argument("--push_to_hub", action="store_true", help="Upload the pipeline and a model card.")
@@ -263,10 +349,68 @@ def _config_argv(path: str, parser: argparse.ArgumentParser) -> list[str]:
     return argv
 
 
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX on x86, BF16 on Arm).
+
+    Elsewhere (an AVX2-only CPU, say) oneDNN emulates bf16, several times slower than fp32. On Linux the
+    answer is read from the CPU flags in ``/proc/cpuinfo``; without that file, from oneDNN's own check.
+
+    Args:
+        cpuinfo: the text of ``/proc/cpuinfo`` (default: read it).
+
+    Example:
+        >>> from training.train import cpu_has_native_bf16
+        >>> cpu_has_native_bf16("flags\t\t: fpu sse avx2 fma\n")
+        False
+        >>> cpu_has_native_bf16("flags\t\t: fpu avx2 avx512f avx512_bf16\n")
+        True
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    flags = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            flags.update(value.split())
+    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
+
+
+def check_mixed_precision(mixed_precision: str, allow_emulated_bf16: bool = False) -> None:
+    """Refuse ``--mixed_precision bf16`` on a CPU-only machine without native bf16 arithmetic.
+
+    Raises:
+        ValueError: one line saying why, unless ``allow_emulated_bf16``.
+    """
+    if mixed_precision != "bf16" or allow_emulated_bf16 or torch.cuda.is_available():
+        return
+    if not cpu_has_native_bf16():
+        raise ValueError(
+            "--mixed_precision bf16 needs a GPU or a CPU with native bf16 arithmetic (AVX-512 BF16 or AMX), "
+            "and this CPU has none: bf16 would be emulated and several times slower than fp32; use "
+            "--mixed_precision no (or --allow_emulated_bf16 to run it anyway)"
+        )
+
+
 def _validate(args: argparse.Namespace) -> None:
     # Building the process checks its options; the sampler must be one of its own.
     process = make_process(args)
     process.check_sampler(args.sampler or process.default_sampler, args.sample_inference_steps)
+    if args.snr_gamma is not None:
+        if not args.snr_gamma > 0:
+            raise ValueError(f"--snr_gamma must be positive, got {args.snr_gamma}")
+        probe = process.training_timesteps(2, generator=torch.Generator().manual_seed(0))
+        if process.loss_weights(probe, args.snr_gamma) is None:
+            raise ValueError(snr_refusal(process))
+    if args.immiscible and not process.draws_gaussian_noise:
+        raise ValueError(immiscible_refusal(process))
+    check_mixed_precision(args.mixed_precision, args.allow_emulated_bf16)
+    if args.checkpoint_minutes is not None and not all(m > 0 for m in args.checkpoint_minutes):
+        raise ValueError(f"--checkpoint_minutes must all be positive, got {args.checkpoint_minutes}")
+    if args.max_train_minutes is not None and not args.max_train_minutes > 0:
+        raise ValueError(f"--max_train_minutes must be positive, got {args.max_train_minutes}")
     for name in (
         "train_batch_size",
         "eval_batch_size",
@@ -426,10 +570,17 @@ class Trainer:
         self.process = make_process(args)
         if args.loss is None:
             args.loss = self.process.default_loss
+        # Each phase that takes more than a few seconds says so, with its duration when it is done.
+        logger.info("Loading %s ...", args.dataset_name)
+        began = time.perf_counter()
         self.train_images = load_split(args.dataset_name, args.train_split, args.max_train_samples).images
         self.validation_images = load_split(
             args.dataset_name, args.validation_split, args.num_validation_images
         ).images
+        logger.info(
+            "Loaded %d training and %d validation images in %.1f s",
+            len(self.train_images), len(self.validation_images), time.perf_counter() - began,
+        )  # fmt: skip
         if len(self.train_images) < args.train_batch_size * accelerator.num_processes:
             raise ValueError(
                 f"{len(self.train_images)} training images are fewer than one batch of "
@@ -438,9 +589,12 @@ class Trainer:
         if accelerator.is_main_process:
             # What sampling needs from the data (a cold process's start distribution) depends only on the
             # data and the process: fitted first, the sample grids of every epoch can already generate.
+            logger.info("Fitting the %s process to the training images ...", self.process.name)
+            began = time.perf_counter()
             self.process.fit(
                 to_model_range(self.train_images), generator=torch.Generator().manual_seed(args.seed)
             )
+            logger.info("Fitted the %s process in %.1f s", self.process.name, time.perf_counter() - began)
 
         # `accelerate launch` exports OMP_NUM_THREADS=1 for a single CPU process, which halves the speed of
         # a 2-core laptop; by default each process gets an equal share of the cores instead.
@@ -487,16 +641,19 @@ class Trainer:
         accelerator.register_load_state_pre_hook(self.load_state)
 
         self.metrics_log = MetricsLog(self.output_dir / "logs" / "metrics.jsonl", accelerator.is_main_process)
-        if accelerator.is_main_process:
-            (self.output_dir / "logs").mkdir(parents=True, exist_ok=True)
-            with open(self.output_dir / "training_config.yaml", "w") as handle:
-                yaml.safe_dump(
-                    {k: v for k, v in vars(args).items() if k not in NOT_RECORDED}, handle, sort_keys=False
-                )
-            recorded = {k: str(v) for k, v in vars(args).items() if k not in NOT_RECORDED}
-            accelerator.init_trackers("train", config=recorded)
         self.global_step = 0
         self.evaluator = None
+        # Training-loop time (steps and data loading; not validation, sampling, saving), kept in checkpoints.
+        self.train_seconds = 0.0
+        self.pending_minutes: list[float] = []
+
+    def record_run(self) -> None:
+        """Write ``training_config.yaml`` and start the trackers: only once the run is sure to train."""
+        if self.accelerator.is_main_process:
+            (self.output_dir / "logs").mkdir(parents=True, exist_ok=True)
+            recorded = {k: v for k, v in vars(self.args).items() if k not in NOT_RECORDED}
+            write_text(self.output_dir / "training_config.yaml", yaml.safe_dump(recorded, sort_keys=False))
+            self.accelerator.init_trackers("train", config={k: str(v) for k, v in recorded.items()})
 
     def save_state(self, models: list, weights: list, folder: str) -> None:
         """Accelerate's save-state hook: the trainer's own state, as safetensors and JSON (no pickles)."""
@@ -505,7 +662,7 @@ class Trainer:
         save_file(noise_state, folder / NOISE_GENERATOR_FILE.format(self.accelerator.process_index))
         if not self.accelerator.is_main_process:
             return
-        state = {}
+        state: dict[str, Any] = {"train_seconds": self.train_seconds}
         if self.ema_model is not None:
             ema = self.ema_model.state_dict()
             shadow = {
@@ -523,6 +680,7 @@ class Trainer:
         noise_file = folder / NOISE_GENERATOR_FILE.format(self.accelerator.process_index)
         self.noise_generator.set_state(load_file(noise_file)["state"])
         state = json.loads((folder / TRAINING_STATE_FILE).read_text())
+        self.train_seconds = float(state.get("train_seconds", 0.0))
         if self.ema_model is not None:
             shadow = load_file(folder / EMA_WEIGHTS_FILE, device=str(self.accelerator.device))
             self.ema_model.load_state_dict(
@@ -560,12 +718,17 @@ class Trainer:
             self.resume()
         else:
             self.metrics_log.clear()
+        # The --checkpoint_minutes still ahead; a run that has used its --max_train_minutes has finished.
+        self.pending_minutes = sorted(m for m in args.checkpoint_minutes or () if m * 60 > self.train_seconds)
+        if args.max_train_minutes is not None and self.train_seconds >= args.max_train_minutes * 60:
+            self.max_train_steps = min(self.max_train_steps, self.global_step)
         if self.global_step >= self.max_train_steps and (self.output_dir / "model_index.json").is_file():
             logger.info(
                 "The run in %s has finished (step %d); nothing to do.", args.output_dir, self.global_step
             )
             accelerator.end_training()
             return accelerator.unwrap_model(self.model)
+        self.record_run()
         first_epoch, resume_batch = divmod(self.global_step, self.steps_per_epoch)
         num_epochs = math.ceil(self.max_train_steps / self.steps_per_epoch)
         logger.info(
@@ -604,14 +767,17 @@ class Trainer:
             0,
             time.perf_counter(),
         )
+        tick = time.perf_counter()
         for (images,) in batches:
             model_input, timesteps, target = training_batch(
-                self.process, to_model_range(images), self.noise_generator
+                self.process, to_model_range(images), self.noise_generator, args.immiscible
             )
             model_input = model_input.contiguous(memory_format=self.memory_format)
             with accelerator.autocast():
                 prediction = model(model_input, timesteps).sample
-            loss = compute_loss(prediction, target, args.loss)
+            loss = compute_loss(
+                prediction, target, args.loss, loss_weights(self.process, timesteps, args.snr_gamma)
+            )
             accelerator.backward(loss)
             if accelerator.sync_gradients and args.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -622,6 +788,7 @@ class Trainer:
             if self.ema_model is not None:
                 self.ema_model.step(model.parameters())
             self.global_step += 1
+            self.count_train_time(time.perf_counter() - tick)
             self.progress.update(1)
             # Accumulate on the device; reading the value synchronises, so only do it when logging.
             window_loss += loss.detach()
@@ -630,15 +797,61 @@ class Trainer:
                 mean_loss = accelerator.reduce(window_loss, reduction="mean").item() / window_steps
                 elapsed = time.perf_counter() - window_start
                 seen = window_steps * args.train_batch_size * accelerator.num_processes
-                record = {"loss": mean_loss, "lr": self.optimizer.param_groups[0]["lr"]}
+                record = {
+                    "loss": mean_loss,
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "train_seconds": self.train_seconds,
+                }
                 self.log(epoch, {**record, "images_per_second": seen / elapsed})
                 self.progress.set_postfix(loss=f"{mean_loss:.4f}")
                 window_loss.zero_()
                 window_steps, window_start = 0, time.perf_counter()
             if self.global_step % args.checkpointing_steps == 0:
                 save_checkpoint(accelerator, args.output_dir, self.global_step, args.checkpoints_total_limit)
+            while self.pending_minutes and self.train_seconds >= self.pending_minutes[0] * 60:
+                self.save_minutes_snapshot(self.pending_minutes.pop(0))
+            tick = time.perf_counter()
             if self.global_step >= self.max_train_steps:
                 break
+
+    def count_train_time(self, seconds: float) -> None:
+        """Add a step's time to the training-loop time; stop the run when --max_train_minutes is used up.
+
+        With several processes every rank takes the mean, so that all take the same decisions.
+        """
+        self.train_seconds += seconds
+        args, accelerator = self.args, self.accelerator
+        timed = args.checkpoint_minutes or args.max_train_minutes is not None
+        if timed and accelerator.num_processes > 1:
+            total = torch.tensor(self.train_seconds, dtype=torch.float64, device=accelerator.device)
+            self.train_seconds = accelerator.reduce(total, reduction="mean").item()
+        if args.max_train_minutes is not None and self.train_seconds >= args.max_train_minutes * 60:
+            self.max_train_steps = min(self.max_train_steps, self.global_step)
+
+    def save_minutes_snapshot(self, minutes: float) -> None:
+        """Save the pipeline (EMA weights if any) as ``minutes-M/``, then a checkpoint to resume from there.
+
+        ``minutes-M/snapshot.json`` (the minutes asked for, the training-loop seconds and the step) is written
+        last: a folder without it is incomplete, and a resumed run writes it again.
+        """
+        accelerator = self.accelerator
+        folder = self.output_dir / f"{MINUTES_PREFIX}{minutes:g}"
+        unwrapped = accelerator.unwrap_model(self.model)
+        if self.ema_model is not None:
+            self.ema_model.store(unwrapped.parameters())
+            self.ema_model.copy_to(unwrapped.parameters())
+        if accelerator.is_main_process:
+            (folder / SNAPSHOT_FILE).unlink(missing_ok=True)
+            save_pipeline(self.process.make_pipeline(unwrapped), folder)
+            snapshot = {"minutes": minutes, "train_seconds": self.train_seconds, "step": self.global_step}
+            write_text(folder / SNAPSHOT_FILE, json.dumps(snapshot) + "\n")
+            logger.info("Saved the pipeline after %g minutes of training (step %d) to %s", minutes,
+                        self.global_step, folder)  # fmt: skip
+        if self.ema_model is not None:
+            self.ema_model.restore(unwrapped.parameters())
+        args = self.args
+        if self.global_step % args.checkpointing_steps != 0:  # else the step loop has just saved one
+            save_checkpoint(accelerator, args.output_dir, self.global_step, args.checkpoints_total_limit)
 
     def log(self, epoch: int, values: dict[str, float]) -> None:
         """Send ``values`` to the trackers and append them to ``logs/metrics.jsonl``."""
@@ -653,6 +866,7 @@ class Trainer:
         if self.ema_model is not None:
             self.ema_model.store(self.model.parameters())
             self.ema_model.copy_to(self.model.parameters())
+        logger.info("epoch %d: validation loss on %d images ...", epoch, len(self.validation_images))
         val_loss = accelerator.reduce(
             torch.tensor(self.validation_loss(), device=accelerator.device), reduction="mean"
         ).item()
@@ -663,6 +877,7 @@ class Trainer:
         if accelerator.is_main_process:
             pipeline = self.process.make_pipeline(accelerator.unwrap_model(self.model))
             if (epoch + 1) % args.save_images_epochs == 0 or end_of_run:
+                logger.info("epoch %d: sampling %d images for the grid", epoch, args.num_sample_images)
                 save_sample_grid(pipeline, args, self.output_dir / "samples" / f"epoch_{epoch:03d}.png")
             if args.eval_epochs and ((epoch + 1) % args.eval_epochs == 0 or end_of_run):
                 quality = self.sample_quality(pipeline)
@@ -689,15 +904,20 @@ class Trainer:
             from evaluation.metrics import SampleQuality
 
             # Built once: the reference features are computed here and kept for the whole run.
+            logger.info("Computing the reference features of the validation images for FID ...")
+            began = time.perf_counter()
             self.evaluator = SampleQuality(
                 uint8_to_unit_range(self.validation_images),
                 uint8_to_unit_range(self.train_images[:10_000]),
                 device=pipeline.device,
             )
+            logger.info("Computed the reference features in %.1f s", time.perf_counter() - began)
         args = self.args
+        logger.info("Sampling %d images for FID, KID and IS ...", args.eval_num_images)
         samples = generate(
-            pipeline, args.eval_num_images, args.sampler, args.sample_inference_steps, args.seed
-        )
+            pipeline, args.eval_num_images, args.sampler, args.sample_inference_steps, args.seed,
+            show_progress=True,  # called on the main process only
+        )  # fmt: skip
         return self.evaluator.evaluate(samples).metrics
 
     def save(self) -> torch.nn.Module:
@@ -721,8 +941,9 @@ class Trainer:
 
 
 def save_sample_grid(pipeline, args, path: Path) -> None:
-    """Sample ``--num_sample_images`` with a fixed seed and save them as one PNG grid."""
-    images = generate(pipeline, args.num_sample_images, args.sampler, args.sample_inference_steps, args.seed)
+    """Sample ``--num_sample_images`` with a fixed seed and save them as one PNG grid (main process)."""
+    steps, seed = args.sample_inference_steps, args.seed
+    images = generate(pipeline, args.num_sample_images, args.sampler, steps, seed, show_progress=True)
     save_grid(images, path)
 
 
