@@ -1,4 +1,4 @@
-"""Every tool x every class of bad input: exit 2, one ``error:`` line, nothing lost (scripts/check_bad_inputs.py)."""
+"""Every tool x every class of bad input: exit 2, one error line, nothing lost."""
 
 from __future__ import annotations
 
