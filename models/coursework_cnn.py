@@ -47,6 +47,9 @@ class CourseworkCNN(ModelMixin, ConfigMixin):
         time_embedding_in_every_block: add the time embedding to every block, not only the first.
         dropout: spatial dropout (``Dropout2d``) probability after each block; 0 disables it.
         num_train_timesteps: ``T``, the timestep that maps to ``t / T = 1``.
+        num_class_embeds: for a class-conditional network, the number of class labels including the
+            "no class" label of classifier-free guidance (11 for MNIST: digits 0-9 and 10); a learned
+            embedding of the label is added to the time embedding. ``None``: unconditional.
     """
 
     @register_to_config
@@ -63,6 +66,7 @@ class CourseworkCNN(ModelMixin, ConfigMixin):
         time_embedding_in_every_block: bool = False,
         dropout: float = 0.0,
         num_train_timesteps: int = 1000,
+        num_class_embeds: int | None = None,
     ):
         super().__init__()
         if act_fn not in ACTIVATIONS:
@@ -77,6 +81,8 @@ class CourseworkCNN(ModelMixin, ConfigMixin):
             raise ValueError(f"dropout={dropout} must be in [0, 1)")
         if num_train_timesteps < 1:
             raise ValueError(f"num_train_timesteps={num_train_timesteps} must be >= 1")
+        if num_class_embeds is not None and num_class_embeds < 2:
+            raise ValueError(f"num_class_embeds={num_class_embeds} must be >= 2 (or None: unconditional)")
         activation = ACTIVATIONS[act_fn]
         channels = (in_channels, *n_hidden)
         self.blocks = nn.ModuleList(
@@ -100,6 +106,10 @@ class CourseworkCNN(ModelMixin, ConfigMixin):
             nn.Linear(time_embedding_dim, time_embedding_dim),
             activation(),
         )
+        # As UNet2DModel's class embedding: added to the time embedding, so every block that sees t sees it.
+        self.class_embedding = (
+            nn.Embedding(num_class_embeds, time_embedding_dim) if num_class_embeds is not None else None
+        )
         embedded_blocks = n_hidden if time_embedding_in_every_block else n_hidden[:1]
         self.time_heads = nn.ModuleList(nn.Linear(time_embedding_dim, c) for c in embedded_blocks)
 
@@ -110,19 +120,38 @@ class CourseworkCNN(ModelMixin, ConfigMixin):
         return self.time_mlp(torch.cat((torch.sin(phases), torch.cos(phases) - 1), dim=1))
 
     def forward(
-        self, sample: torch.Tensor, timestep: torch.Tensor | float | int, return_dict: bool = True
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        class_labels: torch.Tensor | None = None,
+        return_dict: bool = True,
     ) -> CourseworkCNNOutput | tuple[torch.Tensor]:
         """Predict noise (or the clean image) for ``sample`` at ``timestep``.
 
         Args:
             sample: noisy images, shape ``(batch, in_channels, sample_size, sample_size)``.
             timestep: a scalar or a ``(batch,)`` tensor of integer timesteps in ``[0, T]``.
+            class_labels: a conditional network's ``(batch,)`` labels in ``[0, num_class_embeds)``, as for
+                ``UNet2DModel``; required exactly when ``num_class_embeds`` is set.
             return_dict: return a :class:`CourseworkCNNOutput` instead of a tuple.
 
         Returns:
             The prediction, same shape as ``sample``.
+
+        Raises:
+            ValueError: if ``class_labels`` are missing for a conditional network or given to an
+                unconditional one.
         """
-        time_features = self._time_features(timestep, sample.shape[0]).to(sample.dtype)
+        time_features = self._time_features(timestep, sample.shape[0])
+        if (class_labels is None) != (self.class_embedding is None):
+            needs = "needs class_labels" if class_labels is None else "takes no class_labels"
+            raise ValueError(f"this CourseworkCNN (num_class_embeds={self.config.num_class_embeds}) {needs}")
+        if self.class_embedding is not None:
+            labels = (
+                torch.as_tensor(class_labels, device=sample.device).long().reshape(-1).expand(sample.shape[0])
+            )
+            time_features = time_features + self.class_embedding(labels)
+        time_features = time_features.to(sample.dtype)
         hidden = sample
         for index, block in enumerate(self.blocks):
             hidden = block(hidden)

@@ -76,3 +76,19 @@ def test_unet_preset_for_28x28():
     assert model(torch.randn(2, 1, 28, 28), torch.tensor([3, 4])).sample.shape == (2, 1, 28, 28)
     with pytest.raises(ValueError, match="unknown UNet preset 'huge'"):
         unet_preset("huge")
+
+
+def test_class_conditional_cnn_uses_its_labels():
+    torch.manual_seed(0)
+    model = CourseworkCNN(n_hidden=(4, 4), num_class_embeds=11, num_train_timesteps=10)
+    x = torch.randn(3, 1, 28, 28)
+    sevens, nulls = torch.full((3,), 7), torch.full((3,), 10)
+    assert not torch.allclose(model(x, 5, class_labels=sevens).sample, model(x, 5, class_labels=nulls).sample)
+    # A scalar label is broadcast like a scalar timestep.
+    torch.testing.assert_close(model(x, 5, class_labels=torch.tensor(7)).sample, model(x, 5, sevens).sample)
+    with pytest.raises(ValueError, match="needs class_labels"):
+        model(x, 5)
+    with pytest.raises(ValueError, match="takes no class_labels"):
+        CourseworkCNN(n_hidden=(4, 4))(x, 5, class_labels=sevens)
+    with pytest.raises(ValueError, match="num_class_embeds=1 must be >= 2"):
+        CourseworkCNN(num_class_embeds=1)
