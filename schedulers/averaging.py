@@ -50,6 +50,8 @@ class AveragingScheduler(ColdDiffusionScheduler):
         num_train_timesteps: ``T``; derived as ``sample_size // group_size`` (a given value must match).
         sampling: default sampler, ``improved`` or ``naive`` (or ``direct``).
         start_noise: standard deviation of Gaussian noise added to prior samples.
+        train_noise: standard deviation of Gaussian noise added to degraded training inputs (t >= 1).
+        sample_noise: standard deviation of Gaussian noise added after every sampling step but the last.
     """
 
     @register_to_config
@@ -63,6 +65,8 @@ class AveragingScheduler(ColdDiffusionScheduler):
         num_train_timesteps: int | None = None,
         sampling: Sampling = "improved",
         start_noise: float = 0.0,
+        train_noise: float = 0.0,
+        sample_noise: float = 0.0,
     ):
         check_choice("axis", axis, AXES)
         if group_size < 1 or sample_size % group_size:

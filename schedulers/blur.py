@@ -23,6 +23,8 @@ class GaussianBlurScheduler(ColdDiffusionScheduler):
         sigma_end: blur standard deviation at ``t = T``, at least ``sigma_start``.
         sampling: default sampler, ``improved`` or ``naive`` (or ``direct``).
         start_noise: standard deviation of Gaussian noise added to prior samples.
+        train_noise: standard deviation of Gaussian noise added to degraded training inputs (t >= 1).
+        sample_noise: standard deviation of Gaussian noise added after every sampling step but the last.
     """
 
     degradation_name = "blur"
@@ -35,6 +37,8 @@ class GaussianBlurScheduler(ColdDiffusionScheduler):
         sigma_end: float = 6.0,
         sampling: Sampling = "improved",
         start_noise: float = 0.0,
+        train_noise: float = 0.0,
+        sample_noise: float = 0.0,
     ):
         if not 0.0 < sigma_start <= sigma_end:
             raise ValueError(

@@ -2,7 +2,10 @@
 
 A subclass defines only its degradation ``D(x_0, t)`` (and, where it has one, the random draw that makes it
 stochastic and the low-dimensional space of ``D(x, T)``); the samplers, the training examples and the
-Gaussian-mixture prior over ``D(x, T)`` used for unconditional generation are written once, here.
+Gaussian-mixture prior over ``D(x, T)`` used for unconditional generation are written once, here, and so
+is the optional injection of small Gaussian noise into training inputs and sampling steps (Rissanen et al.,
+2023, "Generative Modelling With Inverse Heat Dissipation"), which makes deterministic degradations generate
+more varied samples.
 
 Like every file of this package it imports only torch, numpy and diffusers (plus same-folder siblings), so a
 saved pipeline can ship it as custom code for ``trust_remote_code=True``.
@@ -11,6 +14,7 @@ saved pipeline can ship it as custom code for ``trust_remote_code=True``.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from typing import ClassVar, Literal, get_args
 
@@ -24,6 +28,11 @@ from diffusers.utils.torch_utils import randn_tensor
 Sampling = Literal["improved", "naive", "direct"]
 SAMPLING_METHODS: tuple[str, ...] = get_args(Sampling)
 PRIOR_FILE_NAME = "prior.npz"
+# The noise options every cold scheduler shares; one that a subclass's __init__ does not take is 0 (off).
+NOISE_OPTIONS = ("start_noise", "train_noise", "sample_noise")
+# A prior over D(x, T) whose mean variance per feature is below this (an RMS spread of 1e-3 in [-1, 1], an
+# eighth of one 8-bit grey level) is a point: every unconditional sample starts from the same image.
+PRIOR_MIN_VARIANCE = 1e-6
 
 
 @dataclass
@@ -57,6 +66,20 @@ def uniform_tensor(
     return torch.rand(shape, generator=generator, device=generator_device(generator)).to(device or "cpu")
 
 
+def normal_tensor(
+    shape: tuple[int, ...], generator: torch.Generator | None = None, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Standard normal draws made on the generator's device (deterministic per seed), moved to ``device``.
+
+    Example:
+        >>> from schedulers.cold import normal_tensor
+        >>> first = normal_tensor((2, 3), torch.Generator().manual_seed(0))
+        >>> torch.equal(first, normal_tensor((2, 3), torch.Generator().manual_seed(0)))
+        True
+    """
+    return torch.randn(shape, generator=generator, device=generator_device(generator)).to(device or "cpu")
+
+
 class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
     """Base of the cold-diffusion schedulers: ``D(x_0, t)`` for ``t = 0 .. T`` with ``D(x_0, 0) = x_0``.
 
@@ -66,10 +89,29 @@ class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
     draw their randomness once per sampling run (:meth:`sampling_draw`), so ``D(x0_hat, s)`` and
     ``D(x0_hat, s-1)`` share it and severity grows monotonically in ``t``.
 
+    Noise injection (Rissanen et al., 2023) is shared by every subclass: ``train_noise`` is the standard
+    deviation of Gaussian noise added to ``D(x0, t)`` in training examples (``t >= 1``,
+    :meth:`training_example`), ``sample_noise`` that of noise added after every sampling step but the last
+    (:meth:`step`); both are drawn with the run's generator on its device, and at 0 (the default) nothing is
+    drawn, so results are exactly those without the options. ``start_noise`` adds noise to prior samples
+    (:meth:`prior_sample`).
+
     Subclasses set :attr:`degradation_name` (the command-line name, also saved in the config as
     ``_degradation``), decorate their ``__init__`` with ``@register_to_config`` (its config must include
-    ``num_train_timesteps``, ``sampling`` and ``start_noise``), call ``super().__init__()`` last, and
+    ``num_train_timesteps`` and ``sampling``; the noise options :data:`NOISE_OPTIONS` are taken by every
+    built-in degradation, and one a subclass leaves out is off), call ``super().__init__()`` last, and
     implement :meth:`_degrade`; stochastic ones also implement :meth:`draw`.
+
+    Example:
+        >>> import torch
+        >>> from schedulers import GaussianBlurScheduler
+        >>> scheduler = GaussianBlurScheduler(num_train_timesteps=4, train_noise=0.01, sample_noise=0.013)
+        >>> x0 = torch.zeros(2, 1, 28, 28)
+        >>> model_input, target = scheduler.training_example(x0, torch.tensor([1, 4]), torch.Generator())
+        >>> bool(model_input.std() > 0), torch.equal(target, x0)
+        (True, True)
+        >>> type(scheduler).from_config(scheduler.config).config.sample_noise
+        0.013
     """
 
     order = 1
@@ -82,14 +124,20 @@ class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
     prior_components = 20
     prior_max_dim = 32
     prior_fit_images = 10_000
+    # What to do when D(x, T) is one image for every x (the end of the fit_prior warning).
+    collapsed_prior_advice: ClassVar[str] = (
+        "give the starts and the sampling steps noise (start_noise or sample_noise > 0, with train_noise > 0 "
+        "in training) or restore degraded images (start_images) instead"
+    )
 
     def __init__(self):
         # The settings every cold scheduler shares, checked once here for all of them.
         if self.config.num_train_timesteps < 1:
             raise ValueError(f"num_train_timesteps={self.config.num_train_timesteps} must be >= 1")
         self._resolve_sampling(self.config.sampling)
-        if self.config.start_noise < 0:
-            raise ValueError(f"start_noise={self.config.start_noise} must be >= 0")
+        for name in NOISE_OPTIONS:
+            if self.noise_std(name) < 0:
+                raise ValueError(f"{name}={self.noise_std(name)} must be >= 0")
         # Derived, never read back: the saved folder says which degradation it holds.
         self.register_to_config(_degradation=self.degradation_name)
         self.prior: dict[str, torch.Tensor] = {}
@@ -97,6 +145,10 @@ class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
         self.timesteps = torch.arange(self.config.num_train_timesteps, 0, -1)
         self._sampling_draw: torch.Tensor | None = None
         self._sampling_shape: tuple[int, ...] | None = None
+
+    def noise_std(self, name: Literal["start_noise", "train_noise", "sample_noise"]) -> float:
+        """The configured standard deviation of a noise option (0 when the subclass does not take it)."""
+        return float(self.config.get(name, 0.0))
 
     # ----- the degradation --------------------------------------------------------------------------------
 
@@ -196,11 +248,15 @@ class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
     ) -> ColdSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
         """One reverse step from ``timestep`` ``s`` to the run's next timestep ``s'``.
 
+        With ``sample_noise > 0`` (and ``s' > 0``), ``sample_noise * N(0, I)`` is added to the result (see
+        :meth:`add_sampling_noise`); ``improved`` carries earlier noise forward in ``x_s - D(x0_hat, s)``, so
+        there its total grows like ``sample_noise * sqrt(steps)``, while ``naive`` replaces it every step.
+
         Args:
             model_output: ``x0_hat = R(x_s, s)``, the predicted clean images.
             timestep: the current timestep ``s``.
             sample: the current sample ``x_s``.
-            generator: drives the run's random draw if it has not been made yet.
+            generator: drives the run's random draw if it has not been made yet, and the injected noise.
             sampling: ``improved`` (``x_s - D(x0_hat, s) + D(x0_hat, s')``), ``naive`` (``D(x0_hat, s')``) or
                 ``direct`` (``x0_hat``); ``None`` uses the config.
             return_dict: return a :class:`ColdSchedulerOutput` instead of a tuple.
@@ -214,12 +270,30 @@ class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
             prev_sample = x0_hat
         else:
             draw = self.sampling_draw(tuple(sample.shape), generator, sample.device)
-            prev_sample = self.degrade(x0_hat, self.previous_timestep(timestep), draw=draw)
+            previous = self.previous_timestep(timestep)
+            prev_sample = self.degrade(x0_hat, previous, draw=draw)
             if sampling == "improved":
                 prev_sample = prev_sample + sample - self.degrade(x0_hat, timestep, draw=draw)
+            prev_sample = self.add_sampling_noise(prev_sample, previous, generator)
         if not return_dict:
             return (prev_sample, x0_hat)
         return ColdSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0_hat)
+
+    def add_sampling_noise(
+        self, prev_sample: torch.Tensor, previous_timestep: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """``prev_sample + sample_noise * N(0, I)``, or ``prev_sample`` itself after the last step.
+
+        Args:
+            prev_sample: the result of a reverse step.
+            previous_timestep: the timestep ``prev_sample`` belongs to; 0 (the run's end) adds nothing.
+            generator: drives the noise, drawn on its device (nothing is drawn when ``sample_noise`` is 0).
+        """
+        std = self.noise_std("sample_noise")
+        if std == 0 or previous_timestep == 0:
+            return prev_sample
+        noise = normal_tensor(tuple(prev_sample.shape), generator, prev_sample.device)
+        return prev_sample + std * noise.to(prev_sample.dtype)
 
     # ----- training ---------------------------------------------------------------------------------------
 
@@ -237,8 +311,29 @@ class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
     def training_example(
         self, x0: torch.Tensor, timesteps: torch.Tensor, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(model_input, target)`` for a training batch: ``(D(x0, t), x0)`` with a fresh draw per image."""
-        return self.degrade(x0, timesteps, generator), x0
+        """``(model_input, target)`` for a training batch: ``(D(x0, t) + train_noise * eps, x0)``.
+
+        The degradation gets a fresh draw per image; the noise (see :meth:`add_training_noise`) is drawn after
+        it, with the same generator.
+        """
+        return self.add_training_noise(self.degrade(x0, timesteps, generator), timesteps, generator), x0
+
+    def add_training_noise(
+        self, model_input: torch.Tensor, timesteps: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Add ``train_noise * N(0, I)`` to the images of a training batch whose timestep is at least 1.
+
+        Args:
+            model_input: degraded images ``D(x0, t)``, shape ``(batch, channels, height, width)``.
+            timesteps: their timesteps, shape ``(batch,)`` (or one for all).
+            generator: drives the noise, drawn on its device (nothing is drawn when ``train_noise`` is 0).
+        """
+        std = self.noise_std("train_noise")
+        if std == 0:
+            return model_input
+        t = torch.as_tensor(timesteps, device=model_input.device).reshape(-1).expand(model_input.shape[0])
+        noise = normal_tensor(tuple(model_input.shape), generator, model_input.device).to(model_input.dtype)
+        return model_input + std * noise * (t > 0).to(model_input.dtype).view(-1, 1, 1, 1)
 
     # ----- the prior over D(x, T), for unconditional generation --------------------------------------------
 
@@ -255,6 +350,9 @@ class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
         """Fit the Gaussian mixture over ``encode(D(x, T))`` that :meth:`prior_sample` draws starts from.
 
         Features with more than ``prior_max_dim`` dimensions are first projected on their principal axes.
+        When ``D(x, T)`` is (nearly) the same image for every ``x`` (a mask that covers everything), the prior
+        is a point and so would be every start: unless ``start_noise`` or ``sample_noise`` is set, a
+        ``UserWarning`` says so and what to do (:attr:`collapsed_prior_advice`).
 
         Args:
             x0_train: training images in ``[-1, 1]``, shape ``(N, 1, H, W)``; ``prior_fit_images`` are used.
@@ -269,6 +367,7 @@ class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
         features = self.encode(self.degrade(x0, num_train_timesteps, generator)).double()
         mean = features.mean(0)
         centred = features - mean
+        self._warn_if_point(centred.pow(2).mean().item())
         if features.shape[1] > self.prior_max_dim:
             basis = torch.linalg.svd(centred, full_matrices=False).Vh[: self.prior_max_dim]
         else:
@@ -289,6 +388,20 @@ class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
             "means": torch.from_numpy(mixture.means_).float(),
             "cholesky": torch.linalg.cholesky(torch.from_numpy(mixture.covariances_)).float(),
         }
+
+    def _warn_if_point(self, variance_per_feature: float) -> None:
+        """Warn when the prior's features barely vary and neither start nor sampling noise makes up for it."""
+        if variance_per_feature >= PRIOR_MIN_VARIANCE:
+            return
+        if self.noise_std("start_noise") > 0 or self.noise_std("sample_noise") > 0:
+            return
+        warnings.warn(
+            f"The prior of the {self.degradation_name} degradation has (near) zero variance "
+            f"({variance_per_feature:.2g} per feature), so every unconditional sample starts from (nearly) "
+            f"the same image D(x, T); {self.collapsed_prior_advice}.",
+            UserWarning,
+            stacklevel=3,
+        )
 
     def prior_sample(
         self,
@@ -330,7 +443,7 @@ class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"start_noise={start_noise} must be >= 0")
         if start_noise == 0:
             return starts
-        return starts + start_noise * randn_tensor(starts.shape, generator=generator, device=starts.device)
+        return starts + start_noise * normal_tensor(tuple(starts.shape), generator, starts.device)
 
     # ----- saving the prior beside the config --------------------------------------------------------------
 

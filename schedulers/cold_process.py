@@ -102,7 +102,17 @@ class ColdProcess(ForwardProcess):
             f"network learns to {self.objective}. "
             + (f"**{self.name}**: {what} " if what else "")
             + "Sampling starts from a fully degraded image drawn from a prior fitted to degraded training "
-            "images and restores it step by step."
+            "images and restores it step by step." + self._noise_injection()
+        )
+
+    def _noise_injection(self) -> str:
+        """The summary's sentence on noise injection (Rissanen et al., 2023), when the run used it."""
+        train, sample = (self.scheduler.noise_std(name) for name in ("train_noise", "sample_noise"))
+        if train == 0 and sample == 0:
+            return ""
+        return (
+            f" With noise injection (Rissanen et al., 2023): Gaussian noise of std {train:g} added to the "
+            f"degraded training inputs and of std {sample:g} after every sampling step but the last."
         )
 
     def usage(self, repo_id: str) -> str:

@@ -49,6 +49,8 @@ class EntropyScaledNoiseScheduler(ColdDiffusionScheduler):
         sample_size: image height and width of sampling starts.
         sampling: ``improved`` or ``naive`` both run the ancestral sampler; ``direct`` returns ``x0_hat``.
         start_noise: standard deviation of Gaussian noise added to prior samples.
+        train_noise: standard deviation of Gaussian noise added to degraded training inputs (t >= 1).
+        sample_noise: standard deviation of Gaussian noise added after every sampling step but the last.
     """
 
     degradation_name = "des"
@@ -67,6 +69,8 @@ class EntropyScaledNoiseScheduler(ColdDiffusionScheduler):
         sample_size: int = 28,
         sampling: Sampling = "improved",
         start_noise: float = 0.0,
+        train_noise: float = 0.0,
+        sample_noise: float = 0.0,
     ):
         check_choice("entropy_scope", entropy_scope, ENTROPY_SCOPES)
         betas = make_betas(noise_schedule, num_train_timesteps, beta_start, beta_end)
@@ -91,9 +95,14 @@ class EntropyScaledNoiseScheduler(ColdDiffusionScheduler):
         return abar.sqrt() * x0 + (1 - abar).sqrt() * self.noise_scale(x0) * draw
 
     def training_example(self, x0, timesteps, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x_t, s(x0) eps)``: the noisy images and the scaled noise the model learns to predict."""
+        """``(x_t, s(x0) eps)``: the noisy images and the scaled noise the model learns to predict.
+
+        With ``train_noise > 0`` the images also get the shared injected noise (see
+        :meth:`~schedulers.ColdDiffusionScheduler.add_training_noise`), which is not part of the target.
+        """
         eps = self.draw(tuple(x0.shape), generator, x0.device)
-        return self.degrade(x0, timesteps, draw=eps), self.noise_scale(x0) * eps
+        x_t = self.add_training_noise(self.degrade(x0, timesteps, draw=eps), timesteps, generator)
+        return x_t, self.noise_scale(x0) * eps
 
     def step(self, model_output, timestep, sample, generator=None, sampling=None, return_dict=True):
         """One ancestral step from ``timestep`` to the run's next timestep, from the predicted scaled noise.
@@ -102,7 +111,7 @@ class EntropyScaledNoiseScheduler(ColdDiffusionScheduler):
             model_output: the predicted scaled noise ``s(x_0) eps``.
             timestep: the current timestep ``t``.
             sample: the current sample ``x_t``.
-            generator: drives the posterior noise.
+            generator: drives the posterior noise (and the injected ``sample_noise``, when set).
             sampling: ``direct`` returns ``x0_hat``; otherwise the DDPM step.
             return_dict: return a :class:`ColdSchedulerOutput` instead of a tuple.
         """
@@ -123,6 +132,7 @@ class EntropyScaledNoiseScheduler(ColdDiffusionScheduler):
                 prev_sample = mean + std * randn_tensor(
                     sample.shape, generator=generator, device=sample.device
                 )
+            prev_sample = self.add_sampling_noise(prev_sample, previous, generator)
         if not return_dict:
             return (prev_sample, x0_hat)
         return ColdSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0_hat)

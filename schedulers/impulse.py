@@ -23,6 +23,8 @@ class ImpulseNoiseScheduler(ColdDiffusionScheduler):
         rho_end: corrupted fraction at ``t = T``, in ``[rho_start, 0.5)``.
         sampling: default sampler, ``improved`` or ``naive`` (or ``direct``).
         start_noise: standard deviation of Gaussian noise added to prior samples.
+        train_noise: standard deviation of Gaussian noise added to degraded training inputs (t >= 1).
+        sample_noise: standard deviation of Gaussian noise added after every sampling step but the last.
     """
 
     degradation_name = "impulse"
@@ -35,6 +37,8 @@ class ImpulseNoiseScheduler(ColdDiffusionScheduler):
         rho_end: float = 0.25,
         sampling: Sampling = "improved",
         start_noise: float = 0.0,
+        train_noise: float = 0.0,
+        sample_noise: float = 0.0,
     ):
         if not 0.0 < rho_start <= rho_end < 0.5:
             raise ValueError(

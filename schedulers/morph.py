@@ -32,6 +32,8 @@ class MorphScheduler(ColdDiffusionScheduler):
         start_mix: number of bank images averaged into one sampling start.
         sampling: default sampler, ``improved`` or ``naive`` (or ``direct``).
         start_noise: standard deviation ``lambda`` of Gaussian noise added to sampling starts.
+        train_noise: standard deviation of Gaussian noise added to degraded training inputs (t >= 1).
+        sample_noise: standard deviation of Gaussian noise added after every sampling step but the last.
     """
 
     degradation_name = "morph"
@@ -46,6 +48,8 @@ class MorphScheduler(ColdDiffusionScheduler):
         start_mix: int = 1,
         sampling: Sampling = "improved",
         start_noise: float = 0.0,
+        train_noise: float = 0.0,
+        sample_noise: float = 0.0,
     ):
         check_choice("alpha_schedule", alpha_schedule, ALPHA_SCHEDULES)
         if bank_size < 1 or start_mix < 1:

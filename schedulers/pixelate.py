@@ -28,6 +28,8 @@ class PixelateScheduler(ColdDiffusionScheduler):
         num_train_timesteps: ``T``; derived from ``sample_size`` (a given value must match).
         sampling: default sampler, ``improved`` or ``naive`` (or ``direct``).
         start_noise: standard deviation of Gaussian noise added to prior samples.
+        train_noise: standard deviation of Gaussian noise added to degraded training inputs (t >= 1).
+        sample_noise: standard deviation of Gaussian noise added after every sampling step but the last.
     """
 
     degradation_name = "pixelate"
@@ -40,6 +42,8 @@ class PixelateScheduler(ColdDiffusionScheduler):
         num_train_timesteps: int | None = None,
         sampling: Sampling = "improved",
         start_noise: float = 0.0,
+        train_noise: float = 0.0,
+        sample_noise: float = 0.0,
     ):
         steps = len(pooling_factors(sample_size, max_factor))
         if steps == 0:

@@ -34,7 +34,7 @@ from evaluation.metrics import (
 from pipelines import load_pipeline
 from pipelines.sampling import generate, save_grid
 from schedulers import ForwardProcess, forward_process
-from training.cli import ArgumentParser, run_cli
+from training.cli import ArgumentParser, device, run_cli
 from training.data import default_mnist, load_split, uint8_to_unit_range
 from training.files import atomic_output, check_writable, write_text
 from training.train import all_sampler_names, long_sampling_notice
@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--per_t_images", type=int, default=32, help="test images behind the per-t curves")
     parser.add_argument("--per_t_points", type=int, default=10, help="severities t of the restoration curves")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--num_threads", type=int, default=2)
     parser.add_argument("--output", required=True, help="metrics .json; figures are written beside it")
     args = parser.parse_args(argv)

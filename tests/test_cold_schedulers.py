@@ -222,6 +222,8 @@ def test_invalid_calls_are_clear_value_errors():
     [
         ({"sampling": "reverse"}, "sampling='reverse'"),
         ({"start_noise": -0.1}, "start_noise=-0.1 must be >= 0"),
+        ({"train_noise": -0.1}, "train_noise=-0.1 must be >= 0"),
+        ({"sample_noise": -0.1}, "sample_noise=-0.1 must be >= 0"),
     ],
 )
 def test_shared_settings_are_checked_for_every_degradation(name, kwargs, message):

@@ -26,3 +26,23 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"error: {message}\n")
+
+
+def device(text: str) -> str:
+    """An ``argparse`` type: a torch device that exists on this machine (``cpu``, ``cuda``, ``cuda:1``, ...).
+
+    Raises:
+        argparse.ArgumentTypeError: naming the device and what this machine has.
+    """
+    import torch
+
+    available = ", ".join(["cpu"] + [f"cuda:{index}" for index in range(torch.cuda.device_count())])
+    try:
+        parsed = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; this machine has {available}") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not supported; this machine has {available}")
+    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r} is not on this machine; it has {available}")
+    return text
