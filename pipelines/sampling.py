@@ -30,7 +30,8 @@ def generate(
 ) -> torch.Tensor:
     """Draw ``num_images`` samples as a float tensor ``(N, 1, H, W)`` in ``[0, 1]``.
 
-    The same ``seed`` gives the same images: one generator drives all batches in order.
+    The same ``seed`` gives the same images, whatever ``batch_size``: each image has its own generator
+    (:func:`image_generators`).
 
     Args:
         pipeline: a trained pipeline of this project (``DDPMPipeline``, ``ColdDiffusionPipeline``, ...).
@@ -64,18 +65,26 @@ def generate(
     sampler = sampler or process.default_sampler
     process.check_sampler(sampler, num_inference_steps)
     steps = num_inference_steps or process.default_steps(sampler)
-    generator = torch.Generator(device=pipeline.device).manual_seed(seed)
+    generators = image_generators(seed, num_images, pipeline.device)
     pipeline = process.with_sampler(pipeline, sampler)
     pipeline.set_progress_bar_config(disable=not show_progress)
     batches = []
     for start in range(0, num_images, batch_size):
         count = min(batch_size, num_images - start)
         extra = {} if start_images is None else {"start_images": start_images[start : start + count]}
+        generator = generators[start : start + count]
         output = pipeline(
             batch_size=count, generator=generator, num_inference_steps=steps, output_type="np", **extra
         )
         batches.append(torch.from_numpy(output.images).permute(0, 3, 1, 2))
     return torch.cat(batches).float()
+
+
+def image_generators(seed: int, num_images: int, device: torch.device | str = "cpu") -> list[torch.Generator]:
+    """One generator per image, seeded from ``seed`` and the image's index (a list, as Diffusers pipelines
+    take it): image ``i`` of a seed is the same whatever batch it is drawn in."""
+    seeds = torch.randint(0, 2**62, (num_images,), generator=torch.Generator().manual_seed(seed))
+    return [torch.Generator(device=device).manual_seed(int(value)) for value in seeds]
 
 
 def image_grid(images01: torch.Tensor) -> torch.Tensor:

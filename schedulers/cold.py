@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, Literal, get_args
+from typing import ClassVar, Literal, TypeVar, get_args
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 Sampling = Literal["improved", "naive", "direct"]
 SAMPLING_METHODS: tuple[str, ...] = get_args(Sampling)
+T = TypeVar("T")
 PRIOR_FILE_NAME = "prior.npz"
 # The noise options every cold scheduler shares; one that a subclass's __init__ does not take is 0 (off).
 NOISE_OPTIONS = ("start_noise", "train_noise", "sample_noise")
@@ -54,9 +56,28 @@ def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{name}={value!r} is not supported; choose one of {', '.join(allowed)}")
 
 
+Generators = torch.Generator | list[torch.Generator] | None
+
+
 def generator_device(generator: torch.Generator | None) -> torch.device:
     """Where random draws with ``generator`` must be made (the CPU without one)."""
     return generator.device if generator is not None else torch.device("cpu")
+
+
+def per_image(generator: Generators, batch_size: int, draw: Callable[[int, torch.Generator | None], T]) -> T:
+    """``draw(batch_size, generator)``; with a list of generators, one per image (as Diffusers pipelines
+    accept), ``draw(1, generator)`` for each image, concatenated: an image's randomness then depends only on
+    its own generator, not on the batch it is drawn in.
+
+    Raises:
+        ValueError: if a list does not hold one generator per image.
+    """
+    if not isinstance(generator, list):
+        return draw(batch_size, generator)
+    if len(generator) != batch_size:
+        raise ValueError(f"{len(generator)} generators given for a batch of {batch_size}; pass one per image")
+    draws = [draw(1, single) for single in generator]
+    return None if draws[0] is None else torch.cat(draws)
 
 
 def uniform_tensor(
@@ -67,7 +88,7 @@ def uniform_tensor(
 
 
 def normal_tensor(
-    shape: tuple[int, ...], generator: torch.Generator | None = None, device: torch.device | str | None = None
+    shape: tuple[int, ...], generator: Generators = None, device: torch.device | str | None = None
 ) -> torch.Tensor:
     """Standard normal draws made on the generator's device (deterministic per seed), moved to ``device``.
 
@@ -77,7 +98,13 @@ def normal_tensor(
         >>> torch.equal(first, normal_tensor((2, 3), torch.Generator().manual_seed(0)))
         True
     """
-    return torch.randn(shape, generator=generator, device=generator_device(generator)).to(device or "cpu")
+    return per_image(
+        generator,
+        shape[0],
+        lambda count, single: torch.randn(
+            (count, *shape[1:]), generator=single, device=generator_device(single)
+        ).to(device or "cpu"),
+    )
 
 
 class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
@@ -158,7 +185,11 @@ class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
         generator: torch.Generator | None = None,
         device: torch.device | None = None,
     ) -> torch.Tensor | None:
-        """The random numbers that fix a stochastic degradation of a batch (``None``: deterministic)."""
+        """The random numbers that fix a stochastic degradation of a batch (``None``: deterministic).
+
+        The first dimension is the batch (one draw per image), so that a run with one generator per image
+        draws each image's part with its own generator.
+        """
         return None
 
     def _degrade(self, x0: torch.Tensor, t: torch.Tensor, draw: torch.Tensor | None) -> torch.Tensor:
@@ -221,9 +252,14 @@ class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
         generator: torch.Generator | None = None,
         device: torch.device | None = None,
     ) -> torch.Tensor | None:
-        """The draw of the current run: made on first use after :meth:`set_timesteps`, then reused."""
+        """The draw of the current run: made on first use after :meth:`set_timesteps`, then reused.
+
+        ``generator`` may be a list, one per image (see :func:`per_image`).
+        """
         if self._sampling_draw is None or self._sampling_shape != tuple(shape):
-            self._sampling_draw = self.draw(tuple(shape), generator, device)
+            self._sampling_draw = per_image(
+                generator, shape[0], lambda count, single: self.draw((count, *shape[1:]), single, device)
+            )
             self._sampling_shape = tuple(shape)
         return self._sampling_draw
 
@@ -406,21 +442,48 @@ class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
     def prior_sample(
         self,
         batch_size: int,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         device: torch.device | str | None = None,
         start_noise: float | None = None,
     ) -> torch.Tensor:
         """Draw sampling starts ``x_T`` from the fitted prior, plus ``start_noise * N(0, I)``.
 
+        A degradation whose start fixes the run's random draw (``morph``, ``mask`` with ``fill="noise"``)
+        sets it here too; with a list of generators each image's start and draw come from its own.
+
         Args:
             batch_size: number of starts.
-            generator: drives the draw.
+            generator: drives the draw; a list holds one generator per image (see :func:`per_image`).
             device: where the starts live.
             start_noise: standard deviation of the added noise; ``None`` uses the config.
 
         Raises:
             ValueError: if no prior has been fitted or loaded.
         """
+        if not isinstance(generator, list):
+            return self._prior_sample(batch_size, generator, device, start_noise)
+        draws = []
+
+        def one_start(count: int, single: torch.Generator) -> torch.Tensor:
+            self._sampling_draw = None
+            start = self._prior_sample(count, single, device, start_noise)
+            draws.append(self._sampling_draw)
+            return start
+
+        starts = per_image(generator, batch_size, one_start)
+        if draws[0] is not None:
+            self._sampling_draw = torch.cat(draws)
+            self._sampling_shape = tuple(self._sampling_draw.shape)
+        return starts
+
+    def _prior_sample(
+        self,
+        batch_size: int,
+        generator: torch.Generator | None,
+        device: torch.device | str | None,
+        start_noise: float | None,
+    ) -> torch.Tensor:
+        """:meth:`prior_sample` for one generator; a degradation with its own starts overrides it."""
         if not self.prior:
             raise ValueError(
                 f"{type(self).__name__} has no prior to sample starts from; call fit_prior(train_images) "

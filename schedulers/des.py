@@ -142,7 +142,7 @@ class EntropyScaledNoiseScheduler(ColdDiffusionScheduler):
         subset = torch.randperm(len(x0_train), generator=generator)[: self.prior_fit_images]
         self.prior = {"noise_scale": self.noise_scale(x0_train[subset].float()).mean().reshape(1)}
 
-    def prior_sample(self, batch_size, generator=None, device=None, start_noise=None) -> torch.Tensor:
+    def _prior_sample(self, batch_size, generator, device, start_noise) -> torch.Tensor:
         """Starts ``x_T ~ N(0, (1 - abar_T) s^2)``, ``s`` the mean training noise scale."""
         if "noise_scale" not in self.prior:
             raise ValueError(

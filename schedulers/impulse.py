@@ -54,10 +54,10 @@ class ImpulseNoiseScheduler(ColdDiffusionScheduler):
         return torch.where(t > 0, rho, torch.zeros_like(rho)).float()
 
     def draw(self, shape, generator=None, device=None) -> torch.Tensor:
-        """Two uniforms per pixel: whether it is corrupted, and whether it becomes salt."""
-        return uniform_tensor((2, *shape), generator, device)
+        """Two uniforms per pixel, ``(batch, 2, ...)``: is it corrupted, and does it become salt."""
+        return uniform_tensor((shape[0], 2, *shape[1:]), generator, device)
 
     def _degrade(self, x0: torch.Tensor, t: torch.Tensor, draw: torch.Tensor) -> torch.Tensor:
-        corrupted = draw[0] < self.density(t).to(x0.device).view(-1, 1, 1, 1)
-        salt_or_pepper = torch.where(draw[1] < 0.5, 1.0, -1.0).to(x0.dtype)
+        corrupted = draw[:, 0] < self.density(t).to(x0.device).view(-1, 1, 1, 1)
+        salt_or_pepper = torch.where(draw[:, 1] < 0.5, 1.0, -1.0).to(x0.dtype)
         return torch.where(corrupted, salt_or_pepper, x0)

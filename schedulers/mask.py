@@ -102,14 +102,14 @@ class MaskScheduler(ColdDiffusionScheduler):
         else:
             self.prior = {}
 
-    def prior_sample(self, batch_size, generator=None, device=None, start_noise=None) -> torch.Tensor:
+    def _prior_sample(self, batch_size, generator, device, start_noise) -> torch.Tensor:
         """Starts ``x_T``: from the fitted prior (``fill="zero"``), or the run's noise image (``"noise"``).
 
         With ``fill="noise"`` the start is ``D(x, T)`` of a fresh draw, which becomes the run's draw (as a
         morph start does), so the reverse steps unmask over that same noise image; plus ``start_noise``.
         """
         if self.config.fill == "zero":
-            return super().prior_sample(batch_size, generator, device, start_noise)
+            return super()._prior_sample(batch_size, generator, device, start_noise)
         size = self.config.sample_size
         shape = (batch_size, 1, size, size)
         self._sampling_draw = self.draw(shape, generator, device)

@@ -98,7 +98,7 @@ class MorphScheduler(ColdDiffusionScheduler):
         chosen = chosen[: self.config.bank_size].cpu()
         self.prior = {"targets": targets[chosen].clone()}
 
-    def prior_sample(self, batch_size, generator=None, device=None, start_noise=None) -> torch.Tensor:
+    def _prior_sample(self, batch_size, generator, device, start_noise) -> torch.Tensor:
         """Starts ``x_T = z``, the mean of ``start_mix`` bank images plus noise; ``z`` is the run's draw."""
         if "targets" not in self.prior:
             raise ValueError("MorphScheduler has no target bank; call fit_prior(train_images) before saving")

@@ -158,3 +158,20 @@ def test_only_the_protocol_asks_which_kind_a_process_is():
     )  # fmt: skip
     assert found.returncode in (0, 1), found.stderr
     assert found.stdout == "", found.stdout
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_seed_gives_the_same_images_whatever_the_batch_size(name):
+    from pipelines.sampling import generate
+
+    process = small_process(name)
+    process.fit(clean_images(40), generator=torch.Generator().manual_seed(0))
+    unet = CourseworkCNN(n_hidden=(4, 4), num_train_timesteps=process.num_train_timesteps)
+    pipeline = process.make_pipeline(unet)
+    for sampler in process.samplers:
+        whole = generate(pipeline, 5, sampler, 3, seed=1, batch_size=5)
+        # Convolutions of different batch sizes may round differently; the random draws must not differ.
+        torch.testing.assert_close(
+            generate(pipeline, 5, sampler, 3, seed=1, batch_size=2), whole, atol=1e-5, rtol=0
+        )
+        assert not torch.allclose(generate(pipeline, 5, sampler, 3, seed=2, batch_size=5), whole)

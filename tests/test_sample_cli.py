@@ -38,7 +38,7 @@ def test_every_gaussian_sampler_runs(sampler, tiny_ddpm_folder, tmp_path):
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--num_images", "0"], "--num_images must be at least 1, got 0"),
+        (["--num_images", "0"], "--num_images and --batch_size must be at least 1, got 0 and 256"),
         (
             ["--sampler", "improved"],
             "sampler 'improved' is not available for the gaussian process; "
