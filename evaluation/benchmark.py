@@ -9,7 +9,8 @@ matters; the absolute rates depend on the CPU and on what else it is running.
   alternating timed windows after a warm-up. Each loop's arithmetic rate is set against this CPU's
   measured fp32 matrix-product rate, the ceiling of any loop that computes the same convolutions directly.
 - Sampling: images/s and FID of one trained Gaussian pipeline under DDPM, DDIM and DPM-Solver++.
-- Quality per CPU-minute: FID after training each network for a fixed wall-clock budget.
+- Quality per CPU-minute: FID after training each network for a fixed wall-clock budget (the training
+  recipes' curves are :mod:`evaluation.quality`, ``--section quality``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from pipelines.sampling import generate
 from schedulers import ForwardProcess, forward_process
 from training.data import to_model_range, uint8_to_unit_range
 from training.objective import compute_loss, held_out_losses, training_batch
-from training.train import Trainer, make_model, make_process, parse_args, train
+from training.train import Trainer, cpu_has_native_bf16, make_model, make_process, parse_args, train
 
 SAMPLERS: tuple[tuple[str, int], ...] = (
     ("ddpm", 1000),
@@ -79,8 +80,12 @@ def machine_info() -> dict[str, Any]:
 
 
 def cpu_supports_bf16() -> bool:
-    """Whether oneDNN has native bf16 kernels here (AVX-512 BF16 or AMX); elsewhere bf16 is emulated."""
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    """Whether this CPU has native bf16 arithmetic (AVX-512 BF16 or AMX); elsewhere bf16 is emulated.
+
+    The trainer's own check (:func:`training.train.cpu_has_native_bf16`), which refuses ``--mixed_precision
+    bf16`` where it is false.
+    """
+    return cpu_has_native_bf16()
 
 
 def matmul_gflops(size: int = 1024, repeats: int = 10) -> float:
@@ -220,7 +225,9 @@ class ProjectLoop:
 
         reset_accelerate_state()
         self.trainer = Trainer(parse_args(argv))
-        self.trainer.progress = tqdm(disable=True)  # set by Trainer.train(), which we do not call
+        # What Trainer.train(), which we do not call, does first: the run's log folder and a progress bar.
+        self.trainer.record_run()
+        self.trainer.progress = tqdm(disable=True)
         self.epoch = 0
 
     def run(self, steps: int) -> None:

@@ -1,4 +1,4 @@
-"""Forward processes: Gaussian DDPM and one cold-diffusion scheduler per degradation, behind one protocol.
+"""Forward processes: Gaussian DDPM, flow matching and one cold scheduler per degradation, one protocol.
 
 :data:`FORWARD_PROCESSES` is the registry the trainer builds its ``--degradation`` choices and options from;
 :func:`forward_process` answers the protocol's questions for any trained scheduler or pipeline.
@@ -11,6 +11,7 @@ from .blur import GaussianBlurScheduler
 from .cold import SAMPLING_METHODS, ColdDiffusionScheduler, ColdSchedulerOutput
 from .cold_process import ColdProcess
 from .des import EntropyScaledNoiseScheduler
+from .flow_matching import FlowMatchingProcess, flow_matching_scheduler
 from .forward_process import (
     PROCESS_TYPES,
     ForwardProcess,
@@ -38,6 +39,7 @@ FORWARD_PROCESSES = {
     "blur": GaussianBlurScheduler,
     "mask": MaskScheduler,
     "pixelate": PixelateScheduler,
+    "flow": flow_matching_scheduler,
 }
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "ColdProcess",
     "ColdSchedulerOutput",
     "EntropyScaledNoiseScheduler",
+    "FlowMatchingProcess",
     "ForwardProcess",
     "GaussianBlurScheduler",
     "GaussianProcess",
@@ -61,6 +64,7 @@ __all__ = [
     "Sampler",
     "ddpm_scheduler",
     "factory_options",
+    "flow_matching_scheduler",
     "forward_process",
     "make_betas",
     "register_process_type",

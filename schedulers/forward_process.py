@@ -98,7 +98,10 @@ class ForwardProcess(ABC):
     def training_example(
         self, x0: torch.Tensor, timesteps: torch.Tensor, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(model_input, target)`` of a batch of clean images in ``[-1, 1]`` at ``timesteps``."""
+        """``(model_input, target)`` of a batch of clean images in ``[-1, 1]`` at ``timesteps``.
+
+        Processes with :attr:`draws_gaussian_noise` also take ``noise=``, the Gaussian noise to use.
+        """
 
     @abstractmethod
     def degrade(
@@ -147,6 +150,25 @@ class ForwardProcess(ABC):
 
     def fit(self, x0_train: torch.Tensor, generator: torch.Generator | None = None) -> None:  # noqa: B027
         """Fit what the process needs from the training data before sampling (nothing by default)."""
+
+    # ----- optional parts of the objective: min-SNR weights, noise the objective pairs with images --------
+
+    # Whether `training_example` takes `noise=`: a standard Gaussian tensor of `x0`'s shape that it noises
+    # `x0` with (drawn there when not given), so the objective can pair noise and images (--immiscible).
+    draws_gaussian_noise: ClassVar[bool] = False
+
+    def loss_weights(self, timesteps: torch.Tensor, snr_gamma: float) -> torch.Tensor | None:
+        """Per-example min-SNR-gamma loss weights at ``timesteps`` (Hang et al., 2023); ``None``: no SNR.
+
+        A process whose ``x_t`` has a signal-to-noise ratio returns the weights, for its own training target,
+        that equal ``min(SNR(t), snr_gamma)`` on the squared error of the clean image; processes without one
+        (the cold degradations) return ``None``, and the trainer refuses ``--snr_gamma`` for them.
+
+        Args:
+            timesteps: the batch's timesteps, as :meth:`training_timesteps` draws them.
+            snr_gamma: the cap ``gamma`` (Hang et al. use 5).
+        """
+        return None
 
     # ----- samplers ---------------------------------------------------------------------------------------
 

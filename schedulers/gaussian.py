@@ -45,6 +45,7 @@ class GaussianProcess(ForwardProcess):
     }
     default_sampler = "dpmsolver"
     family = "ddpm"
+    draws_gaussian_noise = True
 
     @property
     def name(self) -> str:
@@ -62,9 +63,15 @@ class GaussianProcess(ForwardProcess):
         """Uniform in ``[0, T)``."""
         return torch.randint(0, self.num_train_timesteps, (batch_size,), generator=generator, device=device)
 
-    def training_example(self, x0, timesteps, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x_t, target)``: the target is the noise, ``x0`` or the velocity, per ``prediction_type``."""
-        noise = torch.randn(x0.shape, device=x0.device, generator=generator, dtype=x0.dtype)
+    def training_example(
+        self, x0, timesteps, generator=None, noise=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x_t, target)``: the target is the noise, ``x0`` or the velocity, per ``prediction_type``.
+
+        ``noise`` is the Gaussian noise of ``x_t`` (drawn with ``generator`` when not given).
+        """
+        if noise is None:
+            noise = torch.randn(x0.shape, device=x0.device, generator=generator, dtype=x0.dtype)
         noisy = self.scheduler.add_noise(x0, noise, timesteps)
         prediction = self.scheduler.config.prediction_type
         if prediction == "epsilon":
@@ -72,6 +79,35 @@ class GaussianProcess(ForwardProcess):
         if prediction == "sample":
             return noisy, x0
         return noisy, self.scheduler.get_velocity(x0, noise, timesteps)
+
+    def loss_weights(self, timesteps: torch.Tensor, snr_gamma: float) -> torch.Tensor:
+        """Min-SNR-gamma weights for the trained ``prediction_type``, as Diffusers' ``train_text_to_image``.
+
+        With ``SNR = abar_t / (1 - abar_t)`` (``diffusers.training_utils.compute_snr``): ``min(SNR, gamma)``
+        for ``sample``, ``min(SNR, gamma) / SNR`` for ``epsilon`` (the clean image's squared error is the
+        noise's divided by ``SNR``) and ``min(SNR, gamma) / (SNR + 1)`` for ``v_prediction`` (divided by
+        ``SNR + 1``).
+
+        Example:
+            >>> import torch
+            >>> from schedulers import ddpm_scheduler, forward_process
+            >>> process = forward_process(ddpm_scheduler("linear", num_train_timesteps=100))
+            >>> weights = process.loss_weights(torch.tensor([0, 99]), snr_gamma=5.0)
+            >>> [round(w, 4) for w in weights.tolist()]  # a capped early t, an uncapped late one
+            [0.0005, 1.0]
+        """
+        # Imported here: diffusers.training_utils imports transformers, seconds of start-up for every tool.
+        from diffusers.training_utils import compute_snr
+
+        snr = compute_snr(self.scheduler, timesteps)
+        capped = torch.minimum(snr, torch.full_like(snr, snr_gamma))
+        prediction = self.scheduler.config.prediction_type
+        if prediction == "epsilon":
+            # SNR > 0 for every schedule here (betas < 1); the limit of min(SNR, gamma) / SNR at 0 is 1.
+            return torch.where(snr > 0, capped / snr, torch.ones_like(snr))
+        if prediction == "v_prediction":
+            return capped / (snr + 1)
+        return capped
 
     def degrade(self, x0, timesteps, generator=None) -> torch.Tensor:
         """``x_t`` with fresh noise."""

@@ -2,9 +2,15 @@
 
     python scripts/benchmark.py --output benchmarks/results.json            # full run, quiet machine
     python scripts/benchmark.py --quick --output benchmarks/results.json    # smoke run, under 2 minutes
+    python scripts/benchmark.py --section quality                           # recipes, hours; resumes
+    python scripts/benchmark.py --section quality --quick                   # smoke run, synthetic data
 
-Writes the results as JSON and as a markdown table (``README.md`` beside the JSON unless ``--markdown``
-says otherwise) and prints the table. See :mod:`evaluation.benchmark` for what each section measures.
+``--section speed`` (the default) writes the results as JSON and as a markdown table (``README.md`` beside
+the JSON unless ``--markdown`` says otherwise) and prints the table; see :mod:`evaluation.benchmark` for what
+it measures. ``--section quality`` trains each training recipe for 30 minutes and scores it after 2.5, 5,
+10, 20 and 30 minutes (:mod:`evaluation.quality`); it writes ``benchmarks/quality_per_minute.json``, the plot
+``quality_per_minute.png`` beside it and its own section of ``README.md`` (which the speed section keeps),
+and a run killed at any point is finished by running the same command again.
 """
 
 from __future__ import annotations
@@ -33,10 +39,13 @@ from evaluation.benchmark import (
     train_argv,
     train_steps,
 )
+from evaluation.quality import MINUTES, QUICK_MINUTES, RECIPES, QualityPlan, Results, existing_section
 from pipelines import load_pipeline
 from schedulers import forward_process
 from training.cli import ArgumentParser, run_cli
-from training.data import default_mnist, load_split
+from training.data import default_mnist, load_split, write_synthetic_mnist
+from training.files import check_writable, write_text
+from training.train import parse_args as parse_train_args
 
 QUICKSTART_DIR = Path("outputs/quickstart")
 # Defaults of the full run and of --quick (a smoke run: tiny data, a tiny UNet, few steps and samples).
@@ -81,8 +90,37 @@ QUIET_TRAINING = {
 }
 
 
+SECTIONS = ("speed", "quality")
+# The quality section's --quick: synthetic data and train.py flags that make each recipe's run a smoke run
+# (time, not steps, ends it, so every minute mark is reached however fast the machine is).
+QUICK_QUALITY = {"num_fid_images": 16, "num_inference_steps": 2}
+QUICK_TRAIN_FLAGS = (
+    "--max_train_steps=1000000",
+    "--train_batch_size=8",
+    "--num_validation_images=16",
+    "--eval_batch_size=16",
+    "--num_sample_images=2",
+    "--sample_inference_steps=2",
+    "--save_images_epochs=1000000",
+    "--checkpointing_steps=1000000",
+    "--lr_warmup_steps=0",
+    "--num_threads=1",
+)
+
+
+def add_section_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--section",
+        choices=SECTIONS,
+        default="speed",
+        help="speed: training throughput, samplers and quality per budget (default); quality: FID per "
+        "CPU-minute of each training recipe (see `--section quality --help`)",
+    )
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_section_flag(parser)
     parser.add_argument("--quick", action="store_true", help="smoke run in under 2 minutes")
     parser.add_argument("--output", default="benchmarks/results.json", help="results .json")
     parser.add_argument("--markdown", default=None, help="markdown table; default README.md beside --output")
@@ -219,17 +257,141 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     return results
 
 
+def parse_quality_args(argv: list[str]) -> argparse.Namespace:
+    """Flags of ``--section quality``; every value is checked before any training."""
+    parser = ArgumentParser(
+        description="Quality per CPU-minute: train each recipe for 30 minutes, score it after 2.5 to 30."
+    )
+    add_section_flag(parser)
+    parser.add_argument("--quick", action="store_true", help="smoke run on synthetic data, in about a minute")
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="results .json (default: benchmarks/quality_per_minute.json; --quick: "
+        "outputs/quality_per_minute_quick/quality_per_minute.json); continued when it exists",
+    )
+    parser.add_argument("--markdown", default=None, help="README.md to put the section in (beside --output)")
+    parser.add_argument("--plot", default=None, help="plot .png (default: beside --output, same name)")
+    parser.add_argument(
+        "--recipes",
+        nargs="+",
+        choices=list(RECIPES),
+        default=list(RECIPES),
+        help="recipes to train and score, in this order (default: all: " + ", ".join(RECIPES) + ")",
+    )
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        nargs="+",
+        default=None,
+        help="training-loop minutes of the scored checkpoints (default: "
+        + " ".join(f"{m:g}" for m in MINUTES)
+        + ")",
+    )
+    parser.add_argument(
+        "--work_dir",
+        default=None,
+        help="training folders, one per recipe (default: outputs/quality_per_minute[_quick])",
+    )
+    parser.add_argument(
+        "--dataset_name",
+        default=None,
+        help="Hub id or local parquet folder (default: ../shared/data/mnist when present; --quick: "
+        "synthetic)",
+    )
+    parser.add_argument(
+        "--num_fid_images", type=int, default=None, help="samples per score (1000; --quick: 16)"
+    )
+    parser.add_argument(
+        "--num_inference_steps", type=int, default=None, help="sampler steps (default: each recipe's own)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    suffix = "_quick" if args.quick else ""
+    args.work_dir = Path(args.work_dir or f"outputs/quality_per_minute{suffix}")
+    if args.output is None:
+        args.output = str(
+            args.work_dir / "quality_per_minute.json"
+            if args.quick
+            else Path("benchmarks/quality_per_minute.json")
+        )
+    args.minutes = tuple(sorted(args.minutes or (QUICK_MINUTES if args.quick else MINUTES)))
+    for name, value in QUICK_QUALITY.items():
+        if getattr(args, name) is None and args.quick:
+            setattr(args, name, value)
+    args.num_fid_images = args.num_fid_images or 1000
+    if not args.output.endswith(".json"):
+        raise ValueError(f"--output {args.output!r} must end in .json")
+    if args.num_fid_images < 2:
+        raise ValueError(f"--num_fid_images must be at least 2 for FID, got {args.num_fid_images}")
+    if args.num_inference_steps is not None and args.num_inference_steps < 1:
+        raise ValueError(f"--num_inference_steps must be at least 1, got {args.num_inference_steps}")
+    if not all(m > 0 for m in args.minutes):
+        raise ValueError(f"--minutes must all be positive, got {list(args.minutes)}")
+    if len(set(args.recipes)) != len(args.recipes):
+        raise ValueError(f"--recipes names one recipe twice: {args.recipes}")
+    output = Path(args.output)
+    args.markdown = Path(args.markdown) if args.markdown else output.with_name("README.md")
+    args.plot = Path(args.plot) if args.plot else output.with_suffix(".png")
+    for path, name in ((output, "--output"), (args.markdown, "--markdown"), (args.plot, "--plot")):
+        check_writable(path, name)
+    return args
+
+
+def quality_main(argv: list[str], command: str) -> None:
+    """``--section quality``: train and score the recipes (resuming); write the JSON, plot and section."""
+    from evaluation.metrics import SampleQuality
+    from evaluation.quality import run_quality, write_report
+
+    args = parse_quality_args(argv)
+    if args.dataset_name is None:
+        if args.quick:
+            args.dataset_name = str(args.work_dir / "synthetic_mnist")
+            if not (args.work_dir / "synthetic_mnist" / "data").is_dir():
+                write_synthetic_mnist(args.work_dir / "synthetic_mnist", 256, 64)
+        else:
+            args.dataset_name = default_mnist()
+    plan = QualityPlan(
+        recipes={name: RECIPES[name] for name in args.recipes},
+        minutes=args.minutes,
+        dataset_name=args.dataset_name,
+        work_dir=args.work_dir,
+        num_images=args.num_fid_images,
+        seed=args.seed,
+        num_inference_steps=args.num_inference_steps,
+        train_flags=QUICK_TRAIN_FLAGS if args.quick else (),
+        quick=args.quick,
+    )
+    # Every recipe's flags are checked (by train.py's own parser) before the first one trains.
+    for name in plan.recipes:
+        parse_train_args(plan.train_argv(name))
+    results = Results.open(Path(args.output), plan, command)
+    test, train = load_split(plan.dataset_name, "test"), load_split(plan.dataset_name, "train")
+    quality = SampleQuality(test, train, seed=plan.seed)
+    data = run_quality(plan, results, quality)
+    section = write_report(data, args.markdown, args.plot)
+    print(section)
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = "python scripts/benchmark.py " + " ".join(argv)
+    section = ArgumentParser(add_help=False)
+    add_section_flag(section)
+    if section.parse_known_args(argv)[0].section == "quality":
+        quality_main(argv, command)
+        return
     args = parse_args(argv)
-    command = "python scripts/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)
     results = run(args, command)
     output = Path(args.output)
     markdown = Path(args.markdown) if args.markdown else output.with_name("README.md")
     output.parent.mkdir(parents=True, exist_ok=True)
     markdown.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2) + "\n")
+    write_text(output, json.dumps(results, indent=2) + "\n")
     table = markdown_report(results)
-    markdown.write_text(table)
+    # The quality section is measured separately (--section quality, hours); keep it.
+    kept = existing_section(markdown.read_text()) if markdown.is_file() else None
+    write_text(markdown, table + ("\n" + kept if kept else ""))
     print(table)
 
 

@@ -1,19 +1,35 @@
 """Smoke test of scripts/benchmark.py: ``--quick`` runs and writes the JSON schema and the markdown table.
 
-The benchmark's numbers are not tested (they depend on the machine); only that every section is there.
+The benchmark's numbers are not tested (they depend on the machine); only that every section is there. The
+quality section's time-based checkpoints are tested on a fake clock, so that no test depends on speed.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import shutil
 from pathlib import Path
 
+import pytest
 import torch
+import yaml
 from diffusers import DDPMScheduler
+from PIL import Image
 
 from evaluation.benchmark import training_flops_per_image
+from evaluation.quality import (
+    BLOCK_BEGIN,
+    BLOCK_END,
+    RECIPES,
+    QualityPlan,
+    Results,
+    existing_section,
+    replace_section,
+    saved_points,
+)
 from models import CourseworkCNN
-from pipelines import ColdDiffusionPipeline
+from pipelines import ColdDiffusionPipeline, load_pipeline
 from schedulers import AveragingScheduler, forward_process
 from tests.conftest import PROJECT_ROOT, run_python
 
@@ -30,7 +46,6 @@ def test_quick_benchmark_writes_results_and_table(synthetic_mnist: Path, tmp_pat
         "--budget_seconds=2",
         "--output=out/results.json",
         cwd=tmp_path,
-        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -112,3 +127,219 @@ def test_training_flops_are_forward_and_backward_per_image():
         images = torch.rand(batch_size, 1, 8, 8) * 2 - 1
         assert training_flops_per_image(network, forward_process(DDPMScheduler()), images) == expected
     assert all(parameter.grad is None for parameter in network.parameters())
+
+
+# ----- the quality section: recipes trained for minutes, checkpoints by training-loop time ------------------
+
+QUALITY = ("--section", "quality", "--quick")
+# Each recipe's process and what its config sets on top of fast_cpu.yaml.
+RECIPE_PROCESS = {"fast_cpu": "gaussian", "snr_gamma": "gaussian", "flow": "flow", "immiscible": "gaussian",
+                  "unet_small": "gaussian"}  # fmt: skip
+
+
+def quality_json(folder: Path) -> dict:
+    return json.loads(
+        (folder / "outputs" / "quality_per_minute_quick" / "quality_per_minute.json").read_text()
+    )
+
+
+def test_quick_quality_section_writes_the_schema_and_resumes(tmp_path: Path):
+    result = run_python(SCRIPT, *QUALITY, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    work = tmp_path / "outputs" / "quality_per_minute_quick"
+    results = quality_json(tmp_path)
+    assert results["schema_version"] == 1 and results["quick"] is True
+    settings = results["settings"]
+    assert settings["minutes"] == [0.002, 0.004] and settings["num_images"] == 16
+    [session] = results["sessions"]
+    assert session["command"] == "python scripts/benchmark.py --section quality --quick"
+    assert {"cpu", "usable_cpus", "bf16_supported", "load_average_1min", "torch"} <= set(session["machine"])
+
+    assert list(results["recipes"]) == list(RECIPES)
+    for name, entry in results["recipes"].items():
+        assert entry["config"] == f"training/configs/{RECIPES[name].name}" and entry["summary"]
+        assert entry["process"] == RECIPE_PROCESS[name] and entry["num_inference_steps"] == 2
+        assert entry["sampler"] == ("flow_euler" if name == "flow" else "dpmsolver")
+        assert entry["missing_minutes"] == []
+        # Time, not steps, ends a quick run, so every mark is reached however fast the machine is.
+        marks = [point["target_minutes"] for point in entry["points"]]
+        assert marks == [0.002, 0.004], entry["points"]
+        for point in entry["points"]:
+            assert point["minutes"] >= point["target_minutes"] and point["step"] >= 1
+            assert point["fid"] > 0 and point["fid_floor"] >= 0 and 0 <= point["class_entropy"] <= 1
+            assert {"kid_mean", "inception_score_mean", "sampling_seconds"} <= set(point)
+            # Each saved pipeline reloads and is the recipe's process.
+            snapshot = load_pipeline(work / name / point["checkpoint"])
+            assert forward_process(snapshot).name == RECIPE_PROCESS[name]
+    configs = {name: yaml.safe_load((work / name / "training_config.yaml").read_text()) for name in RECIPES}
+    assert configs["snr_gamma"]["snr_gamma"] == 5.0 and configs["fast_cpu"]["snr_gamma"] is None
+    assert configs["immiscible"]["immiscible"] is True and configs["fast_cpu"]["immiscible"] is False
+    assert configs["unet_small"]["unet_preset"] == "small" and configs["fast_cpu"]["unet_preset"] == "tiny"
+
+    readme = (work / "README.md").read_text()
+    assert readme.count(BLOCK_BEGIN) == 1 and readme.count(BLOCK_END) == 1
+    assert "| recipe | sampler | minutes (mark) | step | FID | FID floor | KID | class entropy |" in readme
+    assert sum(line.startswith("| flow | flow_euler 2 |") for line in readme.splitlines()) == 2
+    assert "![FID against training-loop minutes, one curve per recipe](quality_per_minute.png)" in readme
+    assert Image.open(work / "quality_per_minute.png").format == "PNG"
+
+    # A second run finds every recipe trained and every point scored: nothing is redone.
+    before = {name: entry["points"] for name, entry in results["recipes"].items()}
+    again = run_python(SCRIPT, *QUALITY, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("has finished") == len(RECIPES)
+    results = quality_json(tmp_path)
+    assert len(results["sessions"]) == 2
+    assert {name: entry["points"] for name, entry in results["recipes"].items()} == before
+
+    # Killed while scoring: the flow recipe's points were not written; a later run scores them, and only them.
+    path = work / "quality_per_minute.json"
+    results["recipes"]["flow"]["points"] = []
+    path.write_text(json.dumps(results))
+    finished = run_python(SCRIPT, *QUALITY, cwd=tmp_path)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    restored = quality_json(tmp_path)["recipes"]["flow"]["points"]
+    assert [(p["checkpoint"], p["step"]) for p in restored] == [
+        (p["checkpoint"], p["step"]) for p in before["flow"]
+    ]
+    for point, earlier in zip(restored, before["flow"], strict=True):
+        assert point["fid"] == pytest.approx(earlier["fid"], rel=1e-4)  # the same seed, the same samples
+
+    # Other settings are refused rather than mixed into these results.
+    other = run_python(SCRIPT, *QUALITY, "--minutes", "0.001", "0.004", cwd=tmp_path)
+    assert other.returncode == 2
+    assert other.stderr.strip().splitlines() == [
+        f"error: {path.relative_to(tmp_path)} holds results of other settings (minutes [0.002, 0.004] -> "
+        "[0.001, 0.004]); pass the same settings to finish it, or another --output to start a new one"
+    ]
+
+
+def test_quality_section_bad_flag_is_one_error_line(tmp_path: Path):
+    result = run_python(SCRIPT, *QUALITY, "--num_fid_images=1", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: --num_fid_images must be at least 2 for FID, got 1"]
+    assert not (tmp_path / "outputs" / "quality_per_minute_quick" / "quality_per_minute.json").exists()
+
+
+# The trainer on a fake clock: every perf_counter() of training/train.py advances one second, so the
+# training-loop time of each step is a fixed number of seconds, whatever the machine's speed.
+FAKE_CLOCK_TRAIN = """
+import itertools, sys, time, types
+import training.train as train
+clock = itertools.count()
+fake = {name: getattr(time, name) for name in dir(time) if not name.startswith("_")}
+train.time = types.SimpleNamespace(**fake)
+train.time.perf_counter = lambda: float(next(clock))
+sys.exit(train.run_cli(train.main))
+"""
+
+
+def train_on_fake_clock(dataset: Path, output: Path, minutes: list[str], *extra: str):
+    flags = ["--dataset_name", str(dataset), "--output_dir", str(output), "--n_hidden", "4", "4",
+             "--num_train_timesteps", "20", "--train_batch_size", "32", "--num_sample_images", "2",
+             "--sample_inference_steps", "2", "--logging_steps", "1", "--eval_batch_size", "64", "--use_ema",
+             "--max_train_steps", "1000", "--checkpoint_minutes", *minutes,
+             "--max_train_minutes", minutes[-1], *extra]  # fmt: skip
+    result = run_python("-c", FAKE_CLOCK_TRAIN, *flags)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def snapshot(output: Path, minutes: str) -> dict:
+    return json.loads((output / f"minutes-{minutes}" / "snapshot.json").read_text())
+
+
+def logged_seconds(output: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (output / "logs" / "metrics.jsonl").read_text().splitlines()]
+    return {record["step"]: record["train_seconds"] for record in records if "train_seconds" in record}
+
+
+def test_checkpoints_by_training_minutes_resume_and_finish(synthetic_mnist: Path, tmp_path: Path):
+    output = tmp_path / "run"
+    # 0.05 minutes = 3 s: the run stops at the first step whose training-loop time reaches 3 s.
+    train_on_fake_clock(synthetic_mnist, output, ["0.05"])
+    seconds = logged_seconds(output)
+    per_step = seconds[2] - seconds[1]
+    assert per_step >= 1 and all(seconds[s + 1] - seconds[s] == per_step for s in list(seconds)[:-1])
+    first = snapshot(output, "0.05")
+    assert first == {
+        "minutes": 0.05,
+        "train_seconds": seconds[first["step"]],
+        "step": math.ceil(3 / per_step),
+    }
+    assert max(seconds) == first["step"] and (output / f"checkpoint-{first['step']}").is_dir()
+    pipeline = load_pipeline(output / "minutes-0.05")
+    assert forward_process(pipeline).name == "gaussian" and (output / "model_index.json").is_file()
+
+    # The same command again: the run has used its minutes, so it has finished.
+    again = train_on_fake_clock(synthetic_mnist, output, ["0.05"], "--resume_from_checkpoint", "latest")
+    assert "has finished" in again.stderr and logged_seconds(output) == seconds
+
+    # A longer budget resumes where the training-loop time stopped, keeping the first snapshot.
+    longer = ["0.05", "0.1"]
+    train_on_fake_clock(synthetic_mnist, output, longer, "--resume_from_checkpoint", "latest")
+    seconds = logged_seconds(output)
+    assert list(seconds) == list(range(1, max(seconds) + 1))
+    assert all(seconds[s + 1] - seconds[s] == per_step for s in list(seconds)[:-1])  # no time lost or doubled
+    second = snapshot(output, "0.1")
+    assert second == {
+        "minutes": 0.1,
+        "train_seconds": seconds[second["step"]],
+        "step": math.ceil(6 / per_step),
+    }
+    assert snapshot(output, "0.05") == first
+
+    # Killed after its last snapshot's step, before the end was saved: it trains those steps again, the same.
+    shutil.rmtree(output / f"checkpoint-{second['step']}")
+    shutil.rmtree(output / "minutes-0.1")
+    (output / "model_index.json").unlink()
+    train_on_fake_clock(synthetic_mnist, output, longer, "--resume_from_checkpoint", "latest")
+    assert snapshot(output, "0.1") == second and logged_seconds(output) == seconds
+    points = saved_points(output)
+    assert [(p["checkpoint"], p["step"]) for p in points] == [
+        ("minutes-0.05", first["step"]),
+        ("minutes-0.1", second["step"]),
+    ]
+
+
+def test_saved_points_skip_incomplete_snapshots_and_add_an_earlier_end(tmp_path: Path):
+    def fake_pipeline(folder: Path, **snapshot_fields) -> None:
+        folder.mkdir(parents=True)
+        (folder / "model_index.json").write_text("{}")
+        if snapshot_fields:
+            (folder / "snapshot.json").write_text(json.dumps(snapshot_fields))
+
+    run = tmp_path / "run"
+    fake_pipeline(run / "minutes-2.5", minutes=2.5, train_seconds=151.0, step=100)
+    fake_pipeline(run / "minutes-5")  # killed before its snapshot.json: not a point
+    (run / "model_index.json").write_text("{}")
+    (run / "logs").mkdir()
+    records = [{"step": 100, "train_seconds": 151.0}, {"step": 180, "val_loss": 0.1},
+               {"step": 180, "loss": 0.1, "train_seconds": 270.0}]  # fmt: skip
+    (run / "logs" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert saved_points(run) == [
+        {"checkpoint": "minutes-2.5", "target_minutes": 2.5, "minutes": 151.0 / 60, "step": 100},
+        {"checkpoint": "final", "target_minutes": None, "minutes": 4.5, "step": 180},
+    ]
+
+
+def test_the_quality_section_of_a_readme_is_replaced_or_appended_and_kept():
+    section = f"{BLOCK_BEGIN}\n## Quality\n\nnew\n{BLOCK_END}\n"
+    speed = "# Benchmark results\n\n## Training throughput\n"
+    appended = replace_section(speed, section)
+    assert appended == speed + "\n" + section
+    replaced = replace_section(appended.replace("new", "old") + "\n## After\n", section)
+    assert replaced == speed + "\n" + section + "\n## After\n"
+    assert existing_section(replaced) == section and existing_section(speed) is None
+
+
+def test_results_of_other_settings_are_refused(tmp_path: Path):
+    plan = QualityPlan(recipes=dict(RECIPES), num_images=100, work_dir=tmp_path)
+    results = Results.open(tmp_path / "q.json", plan, "first")
+    results.data["recipes"]["flow"] = {"points": [{"checkpoint": "minutes-2.5"}]}
+    results.save()
+    continued = Results.open(tmp_path / "q.json", plan, "second")
+    assert [s["command"] for s in continued.data["sessions"]] == ["first", "second"]
+    assert continued.data["recipes"]["flow"]["points"] == [{"checkpoint": "minutes-2.5"}]
+    with pytest.raises(ValueError, match=r"other settings \(num_images 100 -> 1000\)"):
+        Results.open(tmp_path / "q.json", QualityPlan(recipes=dict(RECIPES), work_dir=tmp_path), "third")

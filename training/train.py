@@ -195,13 +195,13 @@ def build_parser(registry: Mapping[str, Any] = FORWARD_PROCESSES) -> ArgumentPar
         "--degradation",
         choices=tuple(registry),
         default="gaussian",
-        help="The forward process: Gaussian noise or a cold degradation.",
+        help="The forward process: Gaussian noise, flow matching (flow) or a cold degradation.",
     )
     diffusion.add_argument(
         "--loss",
         choices=("l1", "l2"),
         default=None,
-        help="Default: the process's own (l2 Gaussian, l1 cold).",
+        help="Default: the process's own (l2 Gaussian and flow, l1 cold).",
     )
     diffusion.add_argument(
         "--snr_gamma",
@@ -263,7 +263,8 @@ def build_parser(registry: Mapping[str, Any] = FORWARD_PROCESSES) -> ArgumentPar
         "--sampler",
         choices=all_sampler_names(),
         default=None,
-        help="Sampler of the grids and evaluations; default: the process's own (dpmsolver, improved).",
+        help="Sampler of the grids and evaluations; default: the process's own (dpmsolver, improved, "
+        "flow_euler).",
     )
     logs.add_argument(
         "--sample_inference_steps", type=int, default=None, help="Default: the sampler's usual count."
@@ -360,9 +361,9 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
 
     Example:
         >>> from training.train import cpu_has_native_bf16
-        >>> cpu_has_native_bf16("flags\t\t: fpu sse avx2 fma\n")
+        >>> cpu_has_native_bf16("flags : fpu sse avx2 fma")
         False
-        >>> cpu_has_native_bf16("flags\t\t: fpu avx2 avx512f avx512_bf16\n")
+        >>> cpu_has_native_bf16("flags : fpu avx2 avx512f avx512_bf16")
         True
     """
     if cpuinfo is None:
@@ -383,6 +384,11 @@ def check_mixed_precision(mixed_precision: str, allow_emulated_bf16: bool = Fals
 
     Raises:
         ValueError: one line saying why, unless ``allow_emulated_bf16``.
+
+    Example:
+        >>> from training.train import check_mixed_precision
+        >>> check_mixed_precision("no")  # fp32 is always allowed
+        >>> check_mixed_precision("bf16", allow_emulated_bf16=True)  # and bf16 when asked for explicitly
     """
     if mixed_precision != "bf16" or allow_emulated_bf16 or torch.cuda.is_available():
         return

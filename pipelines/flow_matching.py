@@ -1,0 +1,240 @@
+"""``FlowMatchingPipeline``: sample a flow-matching (rectified-flow) model with a flow-match scheduler.
+
+This file imports only torch, diffusers and the standard library, so that a saved pipeline ships it as custom
+code: ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` then works without this project.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils.dynamic_modules_utils import get_relative_import_files
+from diffusers.utils.torch_utils import randn_tensor
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+# `callback_on_step_end(pipeline, step_index, timestep, callback_kwargs) -> callback_kwargs`, as in Diffusers.
+StepEndCallback = Callable[[DiffusionPipeline, int, torch.Tensor, dict[str, Any]], dict[str, Any]] | (
+    PipelineCallback | MultiPipelineCallbacks
+)
+
+
+class FlowMatchingPipeline(DiffusionPipeline):
+    """Generate images with a velocity model and a flow-match scheduler (Euler or Heun), from Gaussian noise.
+
+    The loop of Diffusers' Stable Diffusion 3 pipeline without its text encoders: start from ``noise`` at
+    ``s = 1``, and at each timestep ``t = s * T`` of the scheduler call the network for the velocity
+    ``noise - x0`` and let the scheduler step towards ``s = 0``.
+
+    Args:
+        unet: a model called as ``unet(x_t, t).sample`` that predicts the velocity ``noise - x0``, e.g. a
+            ``UNet2DModel`` or the coursework CNN.
+        scheduler: ``FlowMatchEulerDiscreteScheduler`` (the trained one) or
+            ``FlowMatchHeunDiscreteScheduler``.
+    """
+
+    model_cpu_offload_seq = "unet"
+    # What `callback_on_step_end` may ask for: the sample after the step (`latents`) and the clean image the
+    # step's velocity points at, `latents - s * velocity`.
+    _callback_tensor_inputs = ["latents", "pred_original_sample"]
+
+    def __init__(self, unet: ModelMixin, scheduler: SchedulerMixin):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+        self.image_processor = VaeImageProcessor(do_resize=False, do_convert_grayscale=True)
+        self._num_timesteps = 0
+        self._interrupt = False
+
+    @property
+    def num_timesteps(self) -> int:
+        """The number of network calls of the current or last run."""
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        """Set ``pipeline._interrupt = True`` in a callback to skip the remaining steps of the run."""
+        return self._interrupt
+
+    def check_inputs(
+        self,
+        num_inference_steps: int,
+        output_type: str,
+        callback_on_step_end_tensor_inputs: Sequence[str] | None,
+    ) -> None:
+        """Raise ``ValueError`` naming the first bad argument of :meth:`__call__`."""
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int):
+            raise ValueError(f"num_inference_steps must be an int, got {num_inference_steps!r}")
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps={num_inference_steps} must be at least 1")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(
+                f"output_type={output_type!r} is not supported; choose one of {', '.join(OUTPUT_TYPES)}"
+            )
+        if callback_on_step_end_tensor_inputs is not None:
+            unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+            if unknown:
+                raise ValueError(
+                    f"`callback_on_step_end_tensor_inputs` has to be in {self._callback_tensor_inputs}, but "
+                    f"found {unknown}"
+                )
+
+    def prepare_latents(
+        self,
+        batch_size: int,
+        generator: torch.Generator | list[torch.Generator] | None,
+        device: torch.device,
+        latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The start of a run, ``x_1``: Gaussian noise of the network's image shape (or ``latents``)."""
+        size = self.unet.config.sample_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        shape = (batch_size, self.unet.config.in_channels, *size)
+        if latents is not None:
+            if tuple(latents.shape) != shape:
+                raise ValueError(f"latents of shape {tuple(latents.shape)} do not match {shape}")
+            return latents.to(device, self.unet.dtype)
+        return randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        num_inference_steps: int = 25,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: StepEndCallback | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+    ) -> ImagePipelineOutput | tuple:
+        """Integrate the learned velocity from Gaussian noise (``s = 1``) to images (``s = 0``).
+
+        Args:
+            batch_size: the number of images to generate.
+            num_inference_steps: the scheduler's steps; Euler calls the network once per step, Heun twice
+                (but for the last step).
+            generator: makes generation deterministic.
+            latents: the starting noise ``(batch, channels, H, W)``; drawn with ``generator`` when not given.
+            output_type: ``pil``, ``np`` (``(batch, H, W, 1)``) or ``pt`` (``(batch, 1, H, W)``), in
+                ``[0, 1]``.
+            return_dict: return an ``ImagePipelineOutput`` instead of the tuple ``(images,)``.
+            callback_on_step_end: called after every network call as ``callback_on_step_end(pipeline,
+                step_index, timestep, callback_kwargs)``, where ``callback_kwargs`` holds the tensors named in
+                ``callback_on_step_end_tensor_inputs``; it returns ``callback_kwargs``, and a ``latents`` it
+                returns replaces the sample. A Diffusers ``PipelineCallback`` brings its own tensor inputs.
+            callback_on_step_end_tensor_inputs: tensors the callback gets, from ``_callback_tensor_inputs``:
+                ``latents`` (the sample after the step, about ``[-1, 1]``) and ``pred_original_sample``.
+
+        Returns:
+            An ``ImagePipelineOutput``, or ``(images,)`` if not ``return_dict``.
+
+        Raises:
+            ValueError: on a bad ``num_inference_steps``, ``output_type``, ``latents`` or callback input.
+
+        Example:
+            >>> import torch
+            >>> from diffusers import DiffusionPipeline, FlowMatchHeunDiscreteScheduler
+            >>> pipeline = DiffusionPipeline.from_pretrained(  # doctest: +SKIP
+            ...     "outputs/flow", trust_remote_code=True
+            ... )
+            >>> frames = []
+            >>> def record(pipeline, step_index, timestep, callback_kwargs):
+            ...     frames.append(callback_kwargs["latents"].cpu())
+            ...     return callback_kwargs
+            >>> images = pipeline(  # doctest: +SKIP
+            ...     batch_size=16, num_inference_steps=25, generator=torch.Generator().manual_seed(0),
+            ...     callback_on_step_end=record,
+            ... ).images
+            >>> # Heun's second-order steps: 13 steps are 25 network calls.
+            >>> pipeline.scheduler = FlowMatchHeunDiscreteScheduler(  # doctest: +SKIP
+            ...     num_train_timesteps=pipeline.scheduler.config.num_train_timesteps
+            ... )
+            >>> images = pipeline(batch_size=16, num_inference_steps=13).images  # doctest: +SKIP
+        """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        self.check_inputs(num_inference_steps, output_type, callback_on_step_end_tensor_inputs)
+        self._interrupt = False
+        device = self._execution_device
+        latents = self.prepare_latents(batch_size, generator, device, latents)
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        self._num_timesteps = len(timesteps)
+        num_train_timesteps = self.scheduler.config.num_train_timesteps
+        for i, t in enumerate(self.progress_bar(timesteps)):
+            if self.interrupt:
+                continue
+            model_output = self.unet(latents, t.expand(latents.shape[0])).sample
+            # The clean image this velocity points at: x_s - s v, with s = t / T.
+            pred_original_sample = latents - (t / num_train_timesteps) * model_output
+            latents = self.scheduler.step(model_output, t, latents, generator=generator, return_dict=False)[0]
+            if callback_on_step_end is not None:
+                callback_kwargs = {}
+                for k in callback_on_step_end_tensor_inputs:
+                    callback_kwargs[k] = locals()[k]
+                callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                latents = callback_outputs.pop("latents", latents)
+
+        images = self.image_processor.postprocess(latents.float(), output_type=output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """Save like any pipeline, plus the code of the pipeline and custom components (:func:`ship_code`)."""
+        super().save_pretrained(save_directory, **kwargs)
+        ship_code(self, save_directory)
+
+
+def ship_code(pipeline: DiffusionPipeline, folder: str | os.PathLike) -> None:
+    """Copy the code of ``pipeline``'s class and of its non-Diffusers components into a saved ``folder``.
+
+    The pipeline's module goes to the folder's root and ``_class_name`` becomes ``[module, class]``; each
+    custom component's module (with the sibling modules it imports relatively) goes to its subfolder, and its
+    ``model_index.json`` entry becomes ``[module, class]``. ``DiffusionPipeline.from_pretrained(folder,
+    trust_remote_code=True)`` then loads the folder without this project. Running it again changes nothing.
+
+    Example:
+        >>> from pipelines.flow_matching import ship_code
+        >>> pipeline.save_pretrained("outputs/flow")  # doctest: +SKIP
+        >>> ship_code(pipeline, "outputs/flow")  # what save_pretrained has just done  # doctest: +SKIP
+    """
+    index_file = os.path.join(folder, "model_index.json")
+    with open(index_file, encoding="utf-8") as file:
+        index = json.load(file)
+    for name, component in pipeline.components.items():
+        entry = index.get(name)
+        if component is None or not isinstance(entry, list) or _is_diffusers(type(component)):
+            continue
+        module = _copy_module_code(type(component), os.path.join(folder, name))
+        index[name] = [module, type(component).__name__]
+    index["_class_name"] = [_copy_module_code(type(pipeline), str(folder)), type(pipeline).__name__]
+    with open(index_file, "w", encoding="utf-8") as file:
+        json.dump(index, file, indent=2, sort_keys=True)
+        file.write("\n")
+
+
+def _is_diffusers(cls: type) -> bool:
+    return cls.__module__.split(".")[0] == "diffusers"
+
+
+def _copy_module_code(cls: type, target_folder: str) -> str:
+    """Copy the module defining ``cls`` and its relative imports into ``target_folder``; return its name."""
+    source = inspect.getsourcefile(cls)
+    for path in [source, *get_relative_import_files(source)]:
+        target = os.path.join(target_folder, os.path.basename(path))
+        if os.path.abspath(path) != os.path.abspath(target):
+            shutil.copyfile(path, target)
+    return os.path.splitext(os.path.basename(source))[0]
