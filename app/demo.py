@@ -1,17 +1,27 @@
-"""The Gradio demo: sample any saved pipeline of the project, watch its reverse process, restore a digit.
+"""The Gradio demo: sample the project's saved pipelines, watch their reverse process, restore a digit.
 
 ``scripts/demo.py`` is the command-line front end. Like sampling and evaluation, the demo starts from saved
 pipeline folders (or Hub ids) loaded with :func:`pipelines.load_pipeline`, and asks each pipeline's forward
 process (:func:`schedulers.forward_process`) for its samplers, step counts, degradation and whether it
 restores images. It samples as :func:`pipelines.sampling.generate` does (the same seed gives the same
 images) and records the reverse process with the pipelines' ``callback_on_step_end``.
+
+One request cannot hold the demo: the models are those offered at start-up (unless ``allow_any_model``), each
+request has a budget of images x network calls and a time limit (:class:`Limits`), the queue is bounded, and
+a run whose client has gone stops within a few network calls (:func:`stream_run`).
 """
 
 from __future__ import annotations
 
+import contextvars
+import logging
 import tempfile
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import gradio as gr
@@ -21,15 +31,16 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 
 from pipelines import load_pipeline
-from pipelines.sampling import image_grid
+from pipelines.sampling import image_generators, image_grid
 from schedulers import ForwardProcess, forward_process
 from training.data import LOCAL_MNIST, load_split, to_model_range, to_unit_range
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "outputs/quickstart"
 TRAIN_COMMAND = "accelerate launch training/train.py --config training/configs/quickstart.yaml"
 # The offline MNIST copy beside the project, when there is one; the Hub is only used when asked for, since
 # without a network its retries would hold up the start for half a minute.
-# No Hub default: an unreachable Hub would stall start-up with retries; uploads always work.
 DEFAULT_TEST_DATA = str(LOCAL_MNIST) if LOCAL_MNIST.is_dir() else None
 MAX_IMAGES = 64
 MAX_SEED = 2**32 - 1
@@ -39,35 +50,143 @@ DISPLAY_SCALE = 4
 # Gradio injects a progress tracker into handlers with this default; it follows the pipelines' tqdm bars.
 TRACK_TQDM = gr.Progress(track_tqdm=True)
 
+# ----- limits per request -------------------------------------------------------------------------------
+# Measured on this project's 2-core AMD EPYC (torch with 2 threads, DDPM sampling of untrained weights, best
+# of 3 runs, load average below 1), one network call on a batch of N images costs about c0 + c1 * N:
+#   tiny UNet preset (the quickstart model):  c0 ~ 9 ms,  c1 ~ 2.1 ms per image
+#       (12 ms for 1 image, 2.7 ms per image at 16, 2.2 ms per image at 64)
+#   coursework CNN (16 32 32 16):              c0 ~ 1.2 ms, c1 ~ 0.8 ms per image
+#       (2.0 ms for 1 image, 0.85 ms per image at 16, 0.77 ms per image at 64)
+# With at most 2048 images x calls and at most T = 1000 calls, the dearest request the tiny UNet can be
+# asked for is 2 images x 1000 DDPM steps, about 13 s (64 images x 32 steps: about 5 s); the CNN's is
+# about 3 s: a margin of 2x to the time limit below, and of 4x to a minute. The machine shared with other
+# work ran 3 to 4x slower (a load test saw 64 images x 1000 steps take 10 minutes); there, and for larger
+# networks (the `base` UNet costs about 80 ms per image-step), the time limit stops a run instead: every
+# run checks it after each network call.
+MAX_IMAGE_STEPS = 2048
+TIME_LIMIT_S = 30.0
+# Requests waiting for the single worker; with the limits above the last one waits a few minutes at most.
+MAX_QUEUE = 8
+# Models typed in the page with `allow_any_model`, kept besides the offered ones (least recently used go).
+MAX_EXTRA_MODELS = 3
+# A run goes at most this many network calls past the last step the page was told about, so that a run
+# whose client has gone stops within a few calls (Gradio only notices a departed client between updates).
+STEPS_AHEAD = 2
+# Reverse-process GIFs kept on disk; Gradio copies each into its own cache before the next run starts.
+MAX_GIF_FILES = 16
+
+UNKNOWN_MODEL = "unknown model; choose one of the offered models"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for, and how many may wait.
+
+    Args:
+        max_image_steps: the budget of a request: images x network calls (a restore is one image).
+        time_limit_s: a run is stopped after the first network call that ends past this many seconds.
+        max_queue: requests that may wait for the worker; further ones are refused while it is full.
+
+    Raises:
+        ValueError: if a limit is not positive.
+    """
+
+    max_image_steps: int = MAX_IMAGE_STEPS
+    time_limit_s: float = TIME_LIMIT_S
+    max_queue: int = MAX_QUEUE
+
+    def __post_init__(self) -> None:
+        for name in ("max_image_steps", "time_limit_s", "max_queue"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    def check_budget(self, num_images: int, calls: int) -> None:
+        """Refuse a request of ``num_images`` x ``calls`` network calls over :attr:`max_image_steps`.
+
+        Raises:
+            ValueError: naming the request and the limit.
+        """
+        if num_images * calls > self.max_image_steps:
+            raise ValueError(
+                f"{num_images} image(s) x {calls} network call(s) = {num_images * calls} is over this demo's "
+                f"limit of {self.max_image_steps} images x network calls per request; ask for fewer images "
+                "or steps"
+            )
+
 
 class ModelStore:
-    """Pipelines by name (a saved folder or a Hub id), loaded on first use and then kept in memory."""
+    """Pipelines by name, loaded on first use; only the offered ones, unless any model is allowed.
 
-    def __init__(self) -> None:
-        self._pipelines: dict[str, DiffusionPipeline] = {}
+    Errors never say why a model could not be loaded (that a folder exists on the server, say): the reason
+    goes to the server's log.
+
+    Args:
+        allow_any: also load names that were not offered (any saved folder on the server or Hub id), keeping
+            the ``max_extra`` most recently used of them.
+        max_extra: how many such models stay loaded.
+    """
+
+    def __init__(self, allow_any: bool = False, max_extra: int = MAX_EXTRA_MODELS) -> None:
+        self.allow_any = allow_any
+        self.max_extra = max_extra
+        self._offered: dict[str, DiffusionPipeline | None] = {}
+        self._extra: OrderedDict[str, DiffusionPipeline] = OrderedDict()
         self._lock = threading.Lock()
+
+    @property
+    def offered(self) -> list[str]:
+        """The offered models, in the order they were offered."""
+        return list(self._offered)
+
+    def offer(self, names: Sequence[str]) -> None:
+        """Add ``names`` to the offered models (loaded on first use, then kept)."""
+        with self._lock:
+            for name in names:
+                self._offered.setdefault(name.strip(), None)
+
+    def loaded(self) -> list[str]:
+        """The models now in memory: the offered ones, then the others, least recently used first."""
+        with self._lock:
+            offered = [name for name, pipeline in self._offered.items() if pipeline is not None]
+            return offered + list(self._extra)
 
     def get(self, name: str | None) -> DiffusionPipeline:
         """The pipeline called ``name``.
 
         Raises:
-            ValueError: if ``name`` is empty or cannot be loaded.
+            ValueError: if ``name`` is empty, not offered (unless any model is allowed), or cannot be loaded.
         """
         name = (name or "").strip()
         if not name:
-            raise ValueError("choose a model: a saved pipeline folder or a Hub id")
-        if name == DEFAULT_MODEL and not Path(name).exists():
+            raise ValueError("choose a model")
+        with self._lock:
+            if name in self._offered:
+                if self._offered[name] is None:
+                    self._offered[name] = self._load(name, offered=True)
+                return self._offered[name]
+            if not self.allow_any:
+                raise ValueError(UNKNOWN_MODEL)
+            if name not in self._extra:
+                self._extra[name] = self._load(name, offered=False)
+                while len(self._extra) > self.max_extra:
+                    self._extra.popitem(last=False)
+            self._extra.move_to_end(name)
+            return self._extra[name]
+
+    @staticmethod
+    def _load(name: str, offered: bool) -> DiffusionPipeline:
+        if offered and name == DEFAULT_MODEL and not Path(name).exists():
             raise ValueError(
                 f"there is no pipeline in {DEFAULT_MODEL} yet: train the quickstart model with "
                 f"`{TRAIN_COMMAND}` (a few minutes on a CPU), then restart the demo"
             )
-        with self._lock:
-            if name not in self._pipelines:
-                try:
-                    self._pipelines[name] = load_pipeline(name)
-                except Exception as error:  # missing folders, bad configs and Hub errors all end here
-                    raise ValueError(f"could not load model {name!r}: {error}") from error
-            return self._pipelines[name]
+        try:
+            return load_pipeline(name)
+        except Exception as error:  # missing folders, bad configs and Hub errors all end here
+            logger.warning("could not load model %r: %s", name, error)
+            raise ValueError(
+                f"could not load model {name!r}: it is not a saved pipeline that this demo can read"
+            ) from error
 
 
 def describe(name: str, pipeline: DiffusionPipeline) -> str:
@@ -101,21 +220,75 @@ def to_pil(images01: torch.Tensor) -> Image.Image:
     return image.resize((image.width * DISPLAY_SCALE, image.height * DISPLAY_SCALE), Image.Resampling.NEAREST)
 
 
-class FrameRecorder:
-    """A ``callback_on_step_end`` that keeps the sample after every step, in ``[0, 1]`` on the CPU."""
+class RunCancelled(Exception):
+    """A run was stopped because nobody waits for it any more."""
+
+
+class RunControl:
+    """The ``callback_on_step_end`` of the demo's runs: records each step and stops the run when it must.
+
+    It keeps the sample after every step (in ``[0, 1]`` on the CPU) and counts the network calls. A run is
+    stopped, through the interrupt flag that the pipelines check before every step, after :meth:`cancel` or
+    once ``time_limit_s`` have passed since :meth:`start`.
+
+    Args:
+        time_limit_s: the run's time limit; ``None`` for none.
+        on_step: called with the number of network calls so far after each one (it may wait).
+        clock: the clock of the time limit, in seconds.
+    """
 
     tensor_inputs = ["latents"]
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        time_limit_s: float | None = None,
+        on_step: Callable[[int], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.time_limit_s = time_limit_s
+        self.on_step = on_step
         self.frames: list[torch.Tensor] = []
+        self.calls = 0
+        self.stopped: str | None = None  # "cancelled" or "time limit"
+        self._cancelled = threading.Event()
+        self._clock = clock
+        self._start = clock()
+
+    def start(self) -> None:
+        """Start the clock of the time limit (the run starts now)."""
+        self._start = self._clock()
+
+    def cancel(self) -> None:
+        """Stop the run after its current network call (and before it starts, if it has not)."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether :meth:`cancel` was called."""
+        return self._cancelled.is_set()
 
     def __call__(self, pipeline, step_index: int, timestep, callback_kwargs: dict) -> dict:
         self.frames.append(to_unit_range(callback_kwargs["latents"].detach().float().cpu()))
+        self.calls += 1
+        if self.on_step is not None:
+            self.on_step(self.calls)
+        if self.cancelled:
+            self.stopped = "cancelled"
+        elif self.time_limit_s is not None and self._clock() - self._start >= self.time_limit_s:
+            self.stopped = "time limit"
+        if self.stopped:
+            pipeline._interrupt = True  # the Diffusers convention: the remaining steps are skipped
         return callback_kwargs
 
 
 def run_pipeline(
-    pipeline: DiffusionPipeline, sampler: str, steps: int, seed: int, num_images: int, **call_kwargs
+    pipeline: DiffusionPipeline,
+    sampler: str,
+    steps: int,
+    seed: int,
+    num_images: int,
+    control: RunControl | None = None,
+    **call_kwargs,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Run ``pipeline`` with ``sampler`` as :func:`~pipelines.sampling.generate` does, recording each step.
 
@@ -123,30 +296,75 @@ def run_pipeline(
         pipeline: a trained pipeline of the project.
         sampler: a sampler of its forward process.
         steps: network calls of a run from ``T``.
-        seed: seed of the generator on the pipeline's device (the same images as ``generate``).
+        seed: seeds the images' generators as ``generate`` does (the same images); a restore
+            (``start_images``) has one generator, which :func:`degraded_start` also uses.
         num_images: how many images (one batch).
+        control: the step callback, which may stop the run (a new one without limits by default).
         **call_kwargs: further pipeline arguments (``start_images``, ``start_timestep``).
 
     Returns:
         The images ``(N, 1, H, W)`` in ``[0, 1]`` and the sample after each step, in ``[0, 1]``.
+
+    Raises:
+        ValueError: if the run was stopped at its time limit.
+        RunCancelled: if it was cancelled.
     """
+    control = control or RunControl()
+    if "start_images" in call_kwargs:  # a restore: the draw of its start is the one the preview shows
+        generator = torch.Generator(device=pipeline.device).manual_seed(seed)
+    else:
+        generator = image_generators(seed, num_images, pipeline.device)
     sampling = forward_process(pipeline).with_sampler(pipeline, sampler)
     sampling.set_progress_bar_config(disable=False)
-    recorder = FrameRecorder()
+    if control.cancelled:
+        raise RunCancelled("the run was cancelled before it started")
+    control.start()
     output = sampling(
         batch_size=num_images,
-        generator=torch.Generator(device=pipeline.device).manual_seed(seed),
+        generator=generator,
         num_inference_steps=steps,
         output_type="pt",
-        callback_on_step_end=recorder,
-        callback_on_step_end_tensor_inputs=FrameRecorder.tensor_inputs,
+        callback_on_step_end=control,
+        callback_on_step_end_tensor_inputs=RunControl.tensor_inputs,
         **call_kwargs,
     )
-    return output.images.float().cpu(), recorder.frames
+    if control.stopped == "time limit":
+        raise ValueError(
+            f"the run was stopped at this demo's time limit of {control.time_limit_s:g} s per request, after "
+            f"{control.calls} of {sampling.num_timesteps} network calls; ask for fewer images or steps"
+        )
+    if control.stopped == "cancelled":
+        raise RunCancelled(f"the run was cancelled after {control.calls} network calls")
+    return output.images.float().cpu(), control.frames
+
+
+class _GifFiles:
+    """Where the reverse-process GIFs are written: one folder, keeping the newest :data:`MAX_GIF_FILES`."""
+
+    def __init__(self) -> None:
+        self._folder: Path | None = None
+        self._written: list[Path] = []
+        self._lock = threading.Lock()
+
+    def new_path(self) -> Path:
+        with self._lock:
+            if self._folder is None or not self._folder.is_dir():
+                self._folder = Path(tempfile.mkdtemp(prefix="mnist-demo-"))
+            while len(self._written) >= MAX_GIF_FILES:
+                self._written.pop(0).unlink(missing_ok=True)
+            with tempfile.NamedTemporaryFile(suffix=".gif", dir=self._folder, delete=False) as handle:
+                path = Path(handle.name)
+            self._written.append(path)
+            return path
+
+
+_GIFS = _GifFiles()
 
 
 def reverse_process_gif(frames: list[torch.Tensor]) -> str:
     """Write the reverse process as an animated GIF of image grids; returns its path.
+
+    Only the newest :data:`MAX_GIF_FILES` files are kept.
 
     Args:
         frames: batches ``(N, 1, H, W)`` in ``[0, 1]``, from the start (or the first step) to the result.
@@ -156,9 +374,9 @@ def reverse_process_gif(frames: list[torch.Tensor]) -> str:
     )
     images = [to_pil(frames[index]) for index in picked]
     durations = [120] * (len(images) - 1) + [2000]  # hold the result before looping
-    with tempfile.NamedTemporaryFile(suffix=".gif", delete=False) as handle:
-        images[0].save(handle, save_all=True, append_images=images[1:], duration=durations, loop=0)
-    return handle.name
+    path = _GIFS.new_path()
+    images[0].save(path, save_all=True, append_images=images[1:], duration=durations, loop=0)
+    return str(path)
 
 
 def prepare_digit(image: np.ndarray, size: int) -> torch.Tensor:
@@ -172,13 +390,17 @@ def prepare_digit(image: np.ndarray, size: int) -> torch.Tensor:
 
 
 def load_test_digits(dataset: str | None) -> list[np.ndarray]:
-    """The first test image of each class, to pick from; empty when the dataset cannot be loaded."""
+    """The first test image of each class of ``dataset`` (a Hub id or local folder), to pick from.
+
+    Returns:
+        An empty list when ``dataset`` is ``None``.
+
+    Raises:
+        ValueError: if the dataset cannot be loaded.
+    """
     if not dataset:
         return []
-    try:
-        split = load_split(dataset, "test")
-    except ValueError:
-        return []
+    split = load_split(dataset, "test")
     return [
         split.images[int((split.labels == label).nonzero()[0, 0])].numpy() for label in split.labels.unique()
     ]
@@ -190,19 +412,32 @@ def sample_images(
     steps: float | None,
     num_images: float | None,
     seed: float | None,
+    *,
+    limits: Limits | None = None,
+    control: RunControl | None = None,
 ) -> tuple[list[Image.Image], str, str]:
     """Draw samples; returns the gallery images, the reverse-process GIF and the time taken.
 
+    Args:
+        limits: the budget and time limit (the demo's defaults when ``None``).
+        control: the step callback (one with ``limits``' time limit when ``None``).
+
     Raises:
-        ValueError: on a bad number of images, steps, seed or sampler.
+        ValueError: on a bad number of images, steps, seed or sampler, a request over the budget, or a run
+            stopped at the time limit.
+        RunCancelled: if ``control`` was cancelled.
     """
+    limits = limits or Limits()
     process = forward_process(pipeline)
     num_images = check_int("Number of images", num_images, 1, MAX_IMAGES)
     steps = check_int("Steps", steps, 1, process.num_train_timesteps)
     seed = check_int("Seed", seed, 0, MAX_SEED)
     process.check_sampler(sampler, steps)
+    limits.check_budget(num_images, steps)
     start = time.perf_counter()
-    images, frames = run_pipeline(pipeline, sampler, steps, seed, num_images)
+    images, frames = run_pipeline(
+        pipeline, sampler, steps, seed, num_images, control or RunControl(limits.time_limit_s)
+    )
     elapsed = time.perf_counter() - start
     label = process.samplers[sampler].label
     report = f"{num_images} image(s), {label}, {steps} steps: **{elapsed:.2f} s**"
@@ -237,18 +472,28 @@ def restore_digit(
     digit: np.ndarray | None,
     timestep: float | None,
     seed: float | None,
+    *,
+    limits: Limits | None = None,
+    control: RunControl | None = None,
 ) -> tuple[list[tuple[Image.Image, str]], str, str]:
     """Degrade a digit to ``timestep`` and restore it through the pipeline's start timestep.
 
-    The run steps from ``timestep``, then from each timestep of the ``steps``-step grid below it.
+    The run steps from ``timestep``, then from each timestep of the ``steps``-step grid below it: at most
+    ``steps + 1`` network calls on one image, which the budget counts.
+
+    Args:
+        limits: the budget and time limit (the demo's defaults when ``None``).
+        control: the step callback (one with ``limits``' time limit when ``None``).
 
     Returns:
         The original, degraded and restored digits with captions, the reverse-process GIF and the time taken.
 
     Raises:
-        ValueError: for a process that does not restore images, a missing digit, or a bad timestep, steps,
-            seed or sampler.
+        ValueError: for a process that does not restore images, a missing digit, a bad timestep, steps,
+            seed or sampler, a request over the budget, or a run stopped at the time limit.
+        RunCancelled: if ``control`` was cancelled.
     """
+    limits = limits or Limits()
     process = forward_process(pipeline)
     if not process.restores:
         raise ValueError(
@@ -261,12 +506,20 @@ def restore_digit(
     steps = check_int("Steps", steps, 1, process.num_train_timesteps)
     seed = check_int("Seed", seed, 0, MAX_SEED)
     process.check_sampler(sampler, steps)
+    limits.check_budget(1, steps + 1)
     clean = prepare_digit(digit, pipeline.unet.config.sample_size)
     x0 = to_model_range(clean)
     degraded = to_unit_range(degraded_start(pipeline, x0, timestep, seed))
     start = time.perf_counter()
     restored, frames = run_pipeline(
-        pipeline, sampler, steps, seed, 1, start_images=to_unit_range(x0), start_timestep=timestep
+        pipeline,
+        sampler,
+        steps,
+        seed,
+        1,
+        control or RunControl(limits.time_limit_s),
+        start_images=to_unit_range(x0),
+        start_timestep=timestep,
     )
     elapsed = time.perf_counter() - start
     label = process.samplers[sampler].label
@@ -280,31 +533,143 @@ def restore_digit(
     return gallery, reverse_process_gif([degraded, *frames]), report
 
 
+# ----- runs that stop when their client has gone --------------------------------------------------------
+
+# One run at a time: a cancelled run may still finish its current network call when the next one starts.
+_RUN_LOCK = threading.Lock()
+
+
+class _Lockstep:
+    """A run in a worker thread, kept at most ``ahead`` network calls ahead of what the handler reported."""
+
+    def __init__(self, ahead: int) -> None:
+        self._ahead = ahead
+        self._condition = threading.Condition()
+        self._posted = 0
+        self._reported = 0
+        self._closed = False
+        self.outcome: tuple[object, BaseException | None] | None = None
+
+    def run(self, function: Callable[[], object]) -> None:
+        """The worker thread: run ``function`` alone and keep its result or error."""
+        try:
+            with _RUN_LOCK:
+                outcome = (function(), None)
+        except BaseException as error:  # handed to the handler, which raises it
+            outcome = (None, error)
+        with self._condition:
+            self.outcome = outcome
+            self._condition.notify_all()
+
+    def step(self, calls: int) -> None:
+        """After each network call (in the worker): wait while the run is too far ahead of the reports."""
+        with self._condition:
+            self._posted = calls
+            self._condition.notify_all()
+            self._condition.wait_for(lambda: self._closed or self._posted - self._reported < self._ahead)
+
+    def reports(self) -> Iterator[int]:
+        """The network calls so far, whenever there are new ones, until the run has ended.
+
+        Each value counts as reported once the consumer asks for the next one.
+        """
+        while True:
+            with self._condition:
+                self._condition.wait_for(lambda: self.outcome is not None or self._posted > self._reported)
+                if self.outcome is not None:
+                    return
+                posted = self._posted
+            yield posted
+            with self._condition:
+                self._reported = posted
+                self._condition.notify_all()
+
+    def close(self) -> None:
+        """Release a worker waiting in :meth:`step`."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+
+
+def stream_run(
+    function: Callable[..., tuple], *args, limits: Limits | None = None, ahead: int = STEPS_AHEAD
+) -> Iterator:
+    """Run ``function(*args, limits=limits, control=...)`` as a Gradio generator handler that can be left.
+
+    The run (:func:`sample_images` or :func:`restore_digit`) goes in a worker thread; the handler yields
+    ``gr.skip()`` (no change to the page) after each of its network calls and finally its result. Gradio
+    checks after every yield whether the client is still connected, and closes the generator of a request
+    whose client has gone (or that was cancelled); closing it cancels the run, which stops after its current
+    network call. The run never gets more than ``ahead`` calls past the last yield that Gradio took up, so an
+    abandoned run stops within a few network calls, however fast or slow the machine.
+
+    Raises:
+        gradio.Error: for a ``ValueError`` of the run (bad settings, over the budget or the time limit).
+    """
+    limits = limits or Limits()
+    lockstep = _Lockstep(ahead)
+    control = RunControl(limits.time_limit_s, on_step=lockstep.step)
+    # Gradio's progress tracker follows the pipelines' tqdm bars through context variables of this request.
+    context = contextvars.copy_context()
+    work = partial(function, *args, limits=limits, control=control)
+    worker = threading.Thread(target=context.run, args=(lockstep.run, work), name="demo-run", daemon=True)
+    worker.start()
+    try:
+        for _ in lockstep.reports():
+            yield gr.skip()
+    finally:  # also when Gradio closes the generator: the client has gone
+        control.cancel()
+        lockstep.close()
+    result, error = lockstep.outcome
+    if isinstance(error, ValueError):
+        raise gr.Error(str(error), duration=None, print_exception=False) from error
+    if error is not None:
+        raise error
+    yield result
+
+
+# ----- the page -----------------------------------------------------------------------------------------
+
+
 def build_demo(
-    models: list[str], test_data: str | None = DEFAULT_TEST_DATA, store: ModelStore | None = None
+    models: list[str],
+    test_data: str | None = DEFAULT_TEST_DATA,
+    store: ModelStore | None = None,
+    limits: Limits | None = None,
 ) -> gr.Blocks:
-    """Build the demo page.
+    """Build the demo page, with its queue.
 
     Args:
-        models: pipelines to offer (saved folders or Hub ids); the first is selected. Others can be typed in.
+        models: pipelines to offer (saved folders or Hub ids); the first is selected. Only these can be
+            chosen, unless ``store`` allows any model.
         test_data: dataset (Hub id or local folder) whose test digits can be picked for restoration.
-        store: where pipelines are loaded and kept; a new one by default.
+        store: where pipelines are loaded and kept; a new one (offered models only) by default.
+        limits: the budget and time limit of a request and the queue's size.
+
+    Raises:
+        ValueError: if ``models`` is empty or ``test_data`` cannot be loaded.
     """
+    if not models:
+        raise ValueError("offer at least one model")
+    limits = limits or Limits()
+    test_digits = load_test_digits(test_data)
     store = store or ModelStore()
+    store.offer(models)
     try:
         first = store.get(models[0])
         notice = ""
     except ValueError as error:
         first = None
-        notice = f"⚠️ {error}. You can also type a saved pipeline folder or a Hub id in **Model**."
+        notice = f"⚠️ {error}."
+        if store.allow_any:
+            notice += " You can also type a saved pipeline folder or a Hub id in **Model**."
     process = forward_process(first) if first else None
     sampler = process.default_sampler if process else None
     restores = process is not None and process.restores
     num_train_timesteps = process.num_train_timesteps if process else 1000
     first_t, last_t = process.timestep_range if process else (0, num_train_timesteps)
-    test_digits = load_test_digits(test_data)
 
-    with gr.Blocks(title="MNIST diffusion demo") as demo:
+    with gr.Blocks(title="MNIST diffusion demo", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             "# MNIST diffusion\nGenerate digits with a Gaussian DDPM or a cold-diffusion model, and watch "
             "the reverse process."
@@ -313,10 +678,13 @@ def build_demo(
         with gr.Row():
             with gr.Column(scale=1):
                 model = gr.Dropdown(
-                    models,
+                    store.offered,
                     value=models[0],
                     label="Model",
-                    info="A saved pipeline folder or a Hub id; type one to add it.",
+                    info="A saved pipeline folder or a Hub id; type one to add it."
+                    if store.allow_any
+                    else "One of the models this demo offers.",
+                    # Any typed name reaches the store, which refuses one that was not offered.
                     allow_custom_value=True,
                     elem_id="model",
                 )
@@ -332,7 +700,11 @@ def build_demo(
                     elem_id="steps",
                 )
                 num_images = gr.Number(
-                    16, label="Number of images", info=f"1 to {MAX_IMAGES}", precision=0, elem_id="num-images"
+                    16,
+                    label="Number of images",
+                    info=f"1 to {MAX_IMAGES}; images x steps at most {limits.max_image_steps}",
+                    precision=0,
+                    elem_id="num-images",
                 )
                 seed = gr.Number(0, label="Seed", precision=0, elem_id="seed")
                 generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -393,13 +765,15 @@ def build_demo(
             return forward_process(_loaded(store, name)).default_steps(sampler_name)
 
         def run_sampling(name, sampler_name, steps_value, count, seed_value, progress=TRACK_TQDM):
-            return _as_page_error(
-                sample_images, _loaded(store, name), sampler_name, steps_value, count, seed_value
+            pipeline = _loaded(store, name)
+            yield from stream_run(
+                sample_images, pipeline, sampler_name, steps_value, count, seed_value, limits=limits
             )
 
         def run_restore(name, sampler_name, steps_value, image, t, seed_value, progress=TRACK_TQDM):
-            return _as_page_error(
-                restore_digit, _loaded(store, name), sampler_name, steps_value, image, t, seed_value
+            pipeline = _loaded(store, name)
+            yield from stream_run(
+                restore_digit, pipeline, sampler_name, steps_value, image, t, seed_value, limits=limits
             )
 
         def preview(name, image, t, seed_value):
@@ -417,22 +791,36 @@ def build_demo(
             show_progress="minimal",
         )
         sampler_choice.input(select_sampler, [model, sampler_choice], steps)
-        # One queue for everything that runs the network: runs share the loaded networks and the CPU.
+        # One worker for everything that runs the network: runs share the loaded networks and the CPU.
         generate_button.click(
             run_sampling,
             [model, sampler_choice, steps, num_images, seed],
             [gallery, animation, timing],
+            api_name="generate",
             concurrency_id="sampling",
+            concurrency_limit=1,
         )
         restore_button.click(
             run_restore,
             [model, sampler_choice, steps, digit, timestep, seed],
             [gallery, animation, timing],
+            api_name="restore",
             concurrency_id="sampling",
+            concurrency_limit=1,
         )
         picker.select(pick, None, digit)
         gr.on([digit.change, timestep.release, seed.blur], preview, [model, digit, timestep, seed], degraded)
-    return demo
+    # Gradio refuses requests beyond `max_queue` waiting ones (the page says the app is busy, HTTP clients
+    # get status 503, "Queue is full").
+    return demo.queue(max_size=limits.max_queue, default_concurrency_limit=1)
+
+
+def serve(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, **launch_kwargs):
+    """Serve ``demo`` (from :func:`build_demo`) on ``host:port``; blocks unless ``prevent_thread_lock=True``.
+
+    Only the demo's own messages reach the page (``show_error=False``), never an unexpected exception's text.
+    """
+    return demo.launch(server_name=host, server_port=port, show_error=False, **launch_kwargs)
 
 
 def _loaded(store: ModelStore, name: str) -> DiffusionPipeline:
@@ -444,4 +832,4 @@ def _as_page_error(function, *args):
     try:
         return function(*args)
     except ValueError as error:
-        raise gr.Error(str(error), duration=None) from error
+        raise gr.Error(str(error), duration=None, print_exception=False) from error

@@ -43,17 +43,32 @@ def series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 
 def plot_runs(run_dirs: list[Path], output: Path) -> None:
-    """Draw one panel per quantity, one coloured line per run, and save the figure to ``output``."""
+    """Draw :func:`runs_figure` of ``run_dirs`` and save it to ``output`` (a PNG)."""
+    figure = runs_figure(run_dirs)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(output, dpi=120)
+
+
+def runs_figure(run_dirs: list[Path]) -> Figure:
+    """One panel per quantity, one coloured line per run.
+
+    Every point has a marker, so a series of one point (the FID of a one-epoch run) is visible too.
+    """
     logs = {run_dir: read_log(run_dir) for run_dir in run_dirs}
     figure = Figure(figsize=(5 * len(PANELS), 3.8))
     axes = figure.subplots(1, len(PANELS))
     for axis, (key, title) in zip(axes, PANELS, strict=True):
         for index, (run_dir, records) in enumerate(logs.items()):
             color = f"C{index % 10}"
-            axis.plot(*series(records, key), color=color, label=run_dir.name)
+            steps, values = series(records, key)
+            # Long series get small markers, so that the line stays readable.
+            marker = {"marker": "o", "markersize": 4 if len(steps) < 50 else 1.5}
+            axis.plot(steps, values, color=color, label=run_dir.name, **marker)
             steps, floor = series(records, "fid_floor") if key == "fid" else ([], [])
             if steps:
-                axis.plot(steps, floor, color=color, linestyle="--", label=f"{run_dir.name} (real floor)")
+                axis.plot(
+                    steps, floor, color=color, linestyle="--", label=f"{run_dir.name} (real floor)", **marker
+                )
         axis.set(title=title, xlabel="step")
         if axis.has_data():
             axis.set_yscale("log")
@@ -61,5 +76,4 @@ def plot_runs(run_dirs: list[Path], output: Path) -> None:
         else:
             axis.text(0.5, 0.5, f"no {key} logged", ha="center", va="center", transform=axis.transAxes)
     figure.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output, dpi=120)
+    return figure

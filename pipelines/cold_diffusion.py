@@ -1,7 +1,8 @@
 """``ColdDiffusionPipeline``: the one sampling loop of every cold-diffusion scheduler (and of DES).
 
-This file imports only torch, diffusers and the standard library, so that a saved pipeline ships it as custom
-code: ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` then works without this project.
+This file imports only torch, diffusers, numpy, PIL and the standard library, so that a saved pipeline ships
+it as custom code: ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` then works without
+this project.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ import inspect
 import json
 import numbers
 import os
+import re
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import PIL.Image
 import torch
 from diffusers import DiffusionPipeline
@@ -33,6 +36,71 @@ OUTPUT_TYPES = ("pil", "np", "pt")
 StepEndCallback = Callable[[DiffusionPipeline, int, torch.Tensor, dict[str, Any]], dict[str, Any]] | (
     PipelineCallback | MultiPipelineCallbacks
 )
+
+
+# What `start_images` may be: see `start_images_tensor`.
+StartImages = torch.Tensor | np.ndarray | Sequence[PIL.Image.Image] | Sequence[np.ndarray] | PIL.Image.Image
+
+
+def start_images_tensor(images: StartImages) -> torch.Tensor:
+    """Grayscale images as a float tensor ``(N, 1, H, W)`` in ``[0, 1]`` (tensors stay on their device).
+
+    Args:
+        images: a PIL image, or any sequence of them (a list, a tuple, a ``datasets`` column such as
+            ``load_dataset("ylecun/mnist", split="test[:8]")["image"]``; colour images are converted to
+            grayscale), or a tensor or numpy array (or a sequence of per-image arrays) of shape ``(N, H, W)``,
+            ``(N, H, W, 1)`` or ``(N, 1, H, W)``: uint8 in ``[0, 255]`` or float in ``[0, 1]``.
+
+    Raises:
+        ValueError: on an empty batch, another shape or dtype, or values outside the dtype's range.
+    """
+    if isinstance(images, PIL.Image.Image):
+        images = [images]
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(images)
+    elif not isinstance(images, torch.Tensor):
+        if isinstance(images, (str, bytes)) or not isinstance(images, Iterable):
+            raise ValueError(
+                f"start_images must be images (PIL images, a tensor or an array), got {type(images).__name__}"
+            )
+        items = [_image_array(item) for item in images]
+        if not items:
+            raise ValueError("start_images is empty")
+        if len({item.shape for item in items}) > 1:
+            raise ValueError(f"start_images differ in shape: {sorted({item.shape for item in items})}")
+        images = torch.from_numpy(np.stack(items))
+    shape = tuple(images.shape)
+    if images.ndim == 4 and images.shape[1] == 1:
+        images = images[:, 0]
+    elif images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    if images.ndim != 3 or 0 in images.shape:
+        raise ValueError(
+            f"start_images of shape {shape} are not a grayscale batch (N, H, W), (N, H, W, 1) or (N, 1, H, W)"
+        )
+    if images.dtype == torch.bool:
+        return images.float().unsqueeze(1)
+    if not images.is_floating_point():
+        if images.dtype.is_complex or images.min() < 0 or images.max() > 255:
+            raise ValueError(f"integer start_images must be uint8 in [0, 255], got dtype {images.dtype}")
+        return (images.float() / 255.0).unsqueeze(1)
+    low, high = images.min().item(), images.max().item()
+    if not (low >= 0.0 and high <= 1.0):  # also catches NaN
+        raise ValueError(
+            f"float start_images must lie in [0, 1], got [{low:.3g}, {high:.3g}] (uint8 images are scaled by "
+            "1/255; images in the model range [-1, 1] need (x + 1) / 2)"
+        )
+    return images.float().unsqueeze(1)
+
+
+def _image_array(item: object) -> np.ndarray:
+    """One image of a sequence as an array: PIL images in grayscale ("L"), tensors on the CPU."""
+    if isinstance(item, PIL.Image.Image):
+        return np.asarray(item.convert("L"))
+    if isinstance(item, torch.Tensor):
+        item = item.detach().cpu()
+        return (item.float() if item.dtype in (torch.bfloat16, torch.float16) else item).numpy()
+    return np.asarray(item)
 
 
 @dataclass
@@ -130,7 +198,7 @@ class ColdDiffusionPipeline(DiffusionPipeline):
     def prepare_latents(
         self,
         batch_size: int,
-        start_images: torch.Tensor | list[PIL.Image.Image] | None,
+        start_images: StartImages | None,
         start_timestep: int,
         generator: torch.Generator | None,
         device: torch.device,
@@ -144,7 +212,7 @@ class ColdDiffusionPipeline(DiffusionPipeline):
         if start_images is None:
             sample = self.scheduler.prior_sample(batch_size, generator, device, start_noise=start_noise)
         else:
-            clean = self.image_processor.preprocess(start_images).to(device)
+            clean = self.image_processor.normalize(start_images_tensor(start_images)).to(device)
             draw = self.scheduler.sampling_draw(tuple(clean.shape), generator, device)
             sample = self.scheduler.degrade(clean, start_timestep, draw=draw)
         return sample.to(device, self.unet.dtype)
@@ -155,7 +223,7 @@ class ColdDiffusionPipeline(DiffusionPipeline):
         batch_size: int = 1,
         num_inference_steps: int | None = None,
         generator: torch.Generator | None = None,
-        start_images: torch.Tensor | list[PIL.Image.Image] | None = None,
+        start_images: StartImages | None = None,
         start_timestep: int | None = None,
         sampler: str | None = None,
         output_type: str = "pil",
@@ -171,7 +239,10 @@ class ColdDiffusionPipeline(DiffusionPipeline):
             num_inference_steps: the run's grid of timesteps from ``T`` down to 1 (``None``: all ``T``);
                 ``direct`` always uses one.
             generator: makes the run deterministic (prior sample, random draws, posterior noise).
-            start_images: images to restore: PIL images or a ``(batch, 1, H, W)`` tensor in [0, 1].
+            start_images: images to restore, any batch that :func:`start_images_tensor` reads: a sequence
+                of PIL images (a list, or a ``datasets`` column such as ``dataset["image"]``), or a tensor
+                or array ``(batch, H, W)``, ``(batch, H, W, 1)`` or ``(batch, 1, H, W)``, uint8 or float in
+                [0, 1].
             start_timestep: the severity ``t`` in ``[1, T]`` that ``start_images`` are degraded to (``None``:
                 ``T``); the run restores ``D(x0, t)`` by stepping from ``t``, then from each grid timestep
                 below ``t``. Needs ``start_images``.
@@ -276,9 +347,10 @@ def local_folder(path_or_repo: str | os.PathLike) -> str:
     if os.path.isdir(path_or_repo):
         return str(path_or_repo)
     name = str(path_or_repo)
-    # A Hub id is exactly "owner/name"; anything else is a local folder that is not there.
-    if name.count("/") != 1 or name.startswith((".", "/", "~")):
-        raise ValueError(f"pipeline folder {name!r} does not exist; pass a saved pipeline folder or a Hub id")
+    if os.path.isdir(os.path.expanduser(name)):
+        return os.path.expanduser(name)
+    if _looks_like_a_path(name):
+        raise ValueError(f"pipeline folder {name!r} does not exist{_folders_beside(name)}")
     from huggingface_hub import snapshot_download
 
     try:
@@ -288,6 +360,36 @@ def local_folder(path_or_repo: str | os.PathLike) -> str:
             f"could not download pipeline {name!r} from the Hugging Face Hub ({type(error).__name__}); "
             "pass a local pipeline folder or a reachable Hub id"
         ) from error
+
+
+# A Hub repository id: "owner/name" of letters, digits, "-", "_" and ".", not starting with "-" or ".".
+_HUB_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9_][A-Za-z0-9_.-]{0,95}")
+
+
+def _looks_like_a_path(name: str) -> bool:
+    """Whether ``name`` (no existing folder) is meant as a local folder rather than a Hub id.
+
+    It is when it starts like a path (``./``, ``../``, ``/``, ``~``), has other than one slash, is no Hub id
+    (``owner/name`` of letters, digits, ``-``, ``_``, ``.``), or its first part is a local folder
+    (``outputs/nope`` when ``outputs/`` exists).
+    """
+    if name.startswith((".", "/", "~")) or name.count("/") != 1 or os.sep != "/" and os.sep in name:
+        return True
+    if not _HUB_ID.fullmatch(name) or ".." in name or "--" in name or name.endswith(".git"):
+        return True
+    return os.path.isdir(name.split("/")[0])
+
+
+def _folders_beside(name: str) -> str:
+    """What to say after "does not exist": the folders in the missing folder's parent, when that exists."""
+    parent = os.path.dirname(os.path.expanduser(name).rstrip("/"))
+    if not parent or not os.path.isdir(parent):
+        return "; pass a saved pipeline folder or a Hub id (owner/name)"
+    folders = sorted(e.name for e in os.scandir(parent) if e.is_dir() and not e.name.startswith((".", "_")))
+    if not folders:
+        return f" ({parent}/ holds no folder)"
+    more = f", ... ({len(folders)} in all)" if len(folders) > 8 else ""
+    return f" ({parent}/ holds {', '.join(folders[:8])}{more})"
 
 
 def load_imported_components(path_or_repo: str | os.PathLike) -> dict[str, object]:

@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from evaluation.training_logs import plot_runs, read_log
 from schedulers.noise_schedules import make_betas
 from training.cli import ArgumentParser, run_cli
+from training.files import atomic_output, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -206,7 +207,8 @@ def plot_schedules(runs_dir: Path, path: Path) -> None:
     right.set_ylim(5e-21, 2.0)
     left.legend(fontsize="small")
     figure.tight_layout()
-    figure.savefig(path)
+    with atomic_output(path) as temporary:
+        figure.savefig(temporary)
 
 
 def plot_restoration(runs_dir: Path, path: Path) -> None:
@@ -223,7 +225,8 @@ def plot_restoration(runs_dir: Path, path: Path) -> None:
         axis.set(xlabel="t / T", ylabel="PSNR (dB)", title=run.name.removeprefix("cold_"))
         axis.legend(fontsize="small")
     figure.tight_layout()
-    figure.savefig(path)
+    with atomic_output(path) as temporary:
+        figure.savefig(temporary)
 
 
 def numbers(runs_dir: Path) -> dict[str, str]:
@@ -260,14 +263,14 @@ def write_assets(runs_dir: Path, output: Path) -> None:
     (output / "tables").mkdir(parents=True, exist_ok=True)
     (output / "figures").mkdir(parents=True, exist_ok=True)
     for table in report_tables(runs_dir):
-        (output / "tables" / f"{table.label}.tex").write_text(table.to_latex())
+        write_text(output / "tables" / f"{table.label}.tex", table.to_latex())
     plot_runs([runs_dir / name for name in GAUSSIAN_RUNS], output / "figures" / "gaussian_curves.pdf")
     plot_schedules(runs_dir, output / "figures" / "schedules.pdf")
     plot_restoration(runs_dir, output / "figures" / "restoration.pdf")
     macros = "".join(
         rf"\newcommand{{\{name}}}{{{value}}}" + "\n" for name, value in numbers(runs_dir).items()
     )
-    (output / "numbers.tex").write_text(macros)
+    write_text(output / "numbers.tex", macros)
 
 
 def build_pdf(report_dir: Path, pdf: Path) -> None:
@@ -291,7 +294,8 @@ def build_pdf(report_dir: Path, pdf: Path) -> None:
         if result.returncode != 0:
             raise ValueError(f"pdflatex failed on {report_dir / 'report.tex'}; see {build / 'report.log'}")
     pdf.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(build / "report.pdf", pdf)
+    with atomic_output(pdf) as temporary:
+        shutil.copyfile(build / "report.pdf", temporary)
 
 
 def main(argv: list[str] | None = None) -> None:

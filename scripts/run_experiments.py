@@ -30,6 +30,7 @@ import yaml
 from evaluation.benchmark import machine_info
 from training.cli import ArgumentParser, run_cli
 from training.data import default_fashion_mnist, default_mnist
+from training.files import write_text
 from training.train import make_process
 from training.train import parse_args as parse_train_args
 
@@ -166,7 +167,7 @@ class Runner:
                 "--num_threads", self.num_threads, *as_flags(experiment.args, self.datasets),
             ])  # fmt: skip
             run_record = {"train_seconds_last_call": time.perf_counter() - began, **describe_hardware()}
-            (report / "run.json").write_text(json.dumps(run_record, indent=2) + "\n")
+            write_text(report / "run.json", json.dumps(run_record, indent=2) + "\n")
         self.collect(work, report)
         if not (report / "degradation.png").is_file():
             self.call(experiment, [

@@ -21,6 +21,7 @@ from PIL import Image
 from models import CourseworkCNN
 from pipelines import ColdDiffusionPipeline, load_pipeline, make_portable
 from schedulers import AveragingScheduler, EntropyScaledNoiseScheduler, ImpulseNoiseScheduler
+from tests.conftest import SUBPROCESS_TIMEOUT_S
 
 
 def tiny_cnn(num_train_timesteps: int) -> CourseworkCNN:
@@ -391,7 +392,7 @@ def test_portable_folders_load_with_trust_remote_code_in_a_fresh_process(tmp_pat
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=SUBPROCESS_TIMEOUT_S,  # a safety net against a hang, not a speed limit
     )
     assert result.returncode == 0, result.stderr[-3000:]
     np.testing.assert_array_equal(np.load(outputs[0]), sample(cold))

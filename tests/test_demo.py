@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+import shutil
+import threading
+from collections import Counter
+
+import gradio as gr
 import numpy as np
 import pytest
 import torch
@@ -12,7 +18,11 @@ from models import CourseworkCNN
 from pipelines import ColdDiffusionPipeline, load_pipeline
 from pipelines.sampling import generate
 from schedulers import AveragingScheduler, ImpulseNoiseScheduler, forward_process
+from tests.conftest import run_python
 from training.data import to_unit_range
+
+# A safety net against a hang, not a speed requirement.
+SAFETY_TIMEOUT_S = 600
 
 
 def tiny_cold(scheduler) -> ColdDiffusionPipeline:
@@ -96,3 +106,134 @@ def test_restoring_needs_a_process_that_restores_and_a_valid_t(tiny_ddpm_folder)
         demo.restore_digit(cold, "improved", 4, a_digit(), 0, 0)
     with pytest.raises(ValueError, match="upload a digit"):
         demo.restore_digit(cold, "improved", 4, None, 3, 0)
+
+
+class CallCounter:
+    """A forward pre-hook counting network calls by batch size; it can hold a run at one of its calls."""
+
+    def __init__(self, hold_batch: int | None = None, hold_at: int = 0) -> None:
+        self.calls: Counter = Counter()
+        self.hold_batch, self.hold_at = hold_batch, hold_at
+        self.held, self.release = threading.Event(), threading.Event()
+
+    def __call__(self, module, args) -> None:
+        batch = args[0].shape[0]
+        self.calls[batch] += 1
+        if batch == self.hold_batch and self.calls[batch] == self.hold_at:
+            self.held.set()
+            assert self.release.wait(SAFETY_TIMEOUT_S), "the test never released the held run"
+
+
+def test_a_request_over_the_budget_is_refused_before_any_network_call(tiny_ddpm_folder):
+    pipeline = load_pipeline(tiny_ddpm_folder)
+    counter = CallCounter()
+    pipeline.unet.register_forward_pre_hook(counter)
+    limits = demo.Limits(max_image_steps=12)
+    with pytest.raises(ValueError) as refused:
+        demo.sample_images(pipeline, "ddim", 5, 3, 0, limits=limits)
+    assert str(refused.value) == (
+        "3 image(s) x 5 network call(s) = 15 is over this demo's limit of 12 images x network calls per "
+        "request; ask for fewer images or steps"
+    )
+    gallery, _, _ = demo.sample_images(pipeline, "ddim", 4, 3, 0, limits=limits)  # 12: at the limit
+    assert len(gallery) == 3 and counter.calls == {3: 4}
+
+    cold = tiny_cold(AveragingScheduler(group_size=4))
+    cold.unet.register_forward_pre_hook(counter)
+    # A restore is one image and at most steps + 1 calls (one from t, then the grid below it).
+    with pytest.raises(
+        ValueError, match=r"^1 image\(s\) x 5 network call\(s\) = 5 is over this demo's limit of 4 "
+    ):
+        demo.restore_digit(cold, "improved", 4, a_digit(), 3, 0, limits=demo.Limits(max_image_steps=4))
+    assert counter.calls == {3: 4}
+    with pytest.raises(ValueError, match="must be positive"):
+        demo.Limits(max_queue=0)
+
+
+def test_a_run_past_its_time_limit_stops_and_says_so(tiny_ddpm_folder):
+    pipeline = load_pipeline(tiny_ddpm_folder)
+    counter = CallCounter()
+    pipeline.unet.register_forward_pre_hook(counter)
+    clock = itertools.count(0.0, 2.0)  # two seconds pass at every look at the clock
+    control = demo.RunControl(time_limit_s=5, clock=lambda: next(clock))
+    with pytest.raises(ValueError) as stopped:
+        demo.sample_images(pipeline, "ddim", 10, 2, 0, control=control)
+    assert str(stopped.value) == (
+        "the run was stopped at this demo's time limit of 5 s per request, after 3 of 10 network calls; ask "
+        "for fewer images or steps"
+    )
+    assert counter.calls == {2: 3} and control.stopped == "time limit"
+
+
+def test_closing_a_streamed_run_stops_it_within_a_few_network_calls(tiny_ddpm_folder):
+    pipeline = load_pipeline(tiny_ddpm_folder)
+    counter = CallCounter(hold_batch=2, hold_at=3)
+    pipeline.unet.register_forward_pre_hook(counter)
+    limits = demo.Limits(time_limit_s=SAFETY_TIMEOUT_S)
+    # Gradio's handler: gr.skip() after each network call, then the result; Gradio closes it when the client
+    # has gone, which it notices between two yields.
+    run = demo.stream_run(demo.sample_images, pipeline, "ddpm", 20, 2, 0, limits=limits)
+    assert next(run) == next(run) == gr.skip()  # the run may now go up to STEPS_AHEAD calls past the 2nd
+    assert counter.held.wait(SAFETY_TIMEOUT_S)
+    run.close()
+    counter.release.set()
+    # The next run starts once the closed one has stopped, and runs to the end.
+    *updates, (gallery, gif, report) = demo.stream_run(
+        demo.sample_images, pipeline, "ddim", 4, 1, 0, limits=limits
+    )
+    assert updates == [gr.skip()] * len(updates) and 1 <= len(updates) <= 4
+    assert len(gallery) == 1 and report.startswith("1 image(s), DDIM, 4 steps")
+    assert 3 <= counter.calls[2] <= 3 + demo.STEPS_AHEAD and counter.calls[1] == 4
+
+    with pytest.raises(gr.Error, match="Number of images must be between 1 and 64, got 0"):
+        list(demo.stream_run(demo.sample_images, pipeline, "ddim", 4, 0, 0, limits=limits))
+
+
+def test_only_offered_models_are_served_and_errors_name_no_server_path(tiny_ddpm_folder, tmp_path):
+    store = demo.ModelStore()
+    store.offer([str(tiny_ddpm_folder), str(tmp_path / "missing"), str(tmp_path)])
+    assert forward_process(store.get(str(tiny_ddpm_folder))).name == "gaussian"
+    for name in (str(tiny_ddpm_folder.parent), "/etc", "someone/model", "../shared/data/mnist"):
+        with pytest.raises(ValueError) as refused:
+            store.get(name)
+        assert str(refused.value) == "unknown model; choose one of the offered models"
+    # An offered folder that is missing and one that is not a pipeline get the same answer.
+    for name in (str(tmp_path / "missing"), str(tmp_path)):
+        with pytest.raises(ValueError) as failed:
+            store.get(name)
+        assert str(failed.value) == (
+            f"could not load model {name!r}: it is not a saved pipeline that this demo can read"
+        )
+    assert store.loaded() == [str(tiny_ddpm_folder)]
+
+
+def test_any_model_may_be_typed_when_allowed_and_few_stay_loaded(tiny_ddpm_folder, tmp_path):
+    copies = []
+    for index in range(3):
+        copies.append(str(tmp_path / f"copy{index}"))
+        shutil.copytree(tiny_ddpm_folder, copies[-1])
+    store = demo.ModelStore(allow_any=True, max_extra=2)
+    store.offer([copies[0]])
+    for name in copies:
+        store.get(name)
+    store.get(copies[1])
+    # The offered one, then the other two, least recently used first.
+    assert store.loaded() == [copies[0], copies[2], copies[1]]
+    store.get(str(tiny_ddpm_folder))
+    assert store.loaded() == [copies[0], copies[1], str(tiny_ddpm_folder)]
+    with pytest.raises(ValueError, match="^could not load model '/etc': it is not a saved pipeline"):
+        store.get("/etc")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--test_data", "/nonexistent"], "error: dataset folder '/nonexistent' does not exist"),
+        (["--max_queue", "0"], "error: max_queue must be positive, got 0"),
+    ],
+    ids=["test-data", "queue"],
+)
+def test_the_command_line_refuses_bad_settings_at_start_up(tiny_ddpm_folder, arguments, message):
+    result = run_python("scripts/demo.py", "--model", str(tiny_ddpm_folder), "--port", "1", *arguments)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.startswith(message), result.stderr[-3000:]
