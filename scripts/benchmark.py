@@ -158,8 +158,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _validate(args: argparse.Namespace) -> None:
     if not args.output.endswith(".json"):
         raise ValueError(f"--output {args.output!r} must end in .json")
+    check_writable(args.output, "--output")
+    check_writable(args.markdown or Path(args.output).with_name("README.md"), "--markdown")
     for name in ("batch_size", "validation_images", "windows", "window_steps", "num_fid_images"):
         if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    for name in ("train_samples", "reference_images", "num_threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
     for name in ("warmup_steps", "reference_num_workers"):
         if getattr(args, name) < 0:

@@ -126,6 +126,20 @@ CASES = (
     Case("scripts/train_classifier.py", "bad value", ("--epochs", "0")),
     Case("scripts/train_classifier.py", "unwritable output", ("--output_dir", UNWRITABLE)),
     Case("scripts/run_experiments.py", "missing experiments file", ("--experiments", "{work}/nope.yaml")),
+    Case("scripts/run_experiments.py", "YAML syntax error", ("--experiments", "{work}/broken.yaml")),
+    Case("scripts/benchmark.py", "bad value", ("--model", "{work}/model", "--num_threads", "0")),
+    Case(
+        "scripts/benchmark.py",
+        "unwritable output",
+        ("--model", "{work}/model", "--output", f"{UNWRITABLE}.json"),
+    ),
+    Case(
+        "scripts/benchmark.py",
+        "corrupt folder",
+        ("--model", "{work}/truncated", "--output", "{work}/done/b.json"),
+    ),
+    Case("scripts/cold_diversity.py", "unknown variant", ("--variants", "fog")),
+    Case("scripts/cold_diversity.py", "unwritable output", ("--output", f"{UNWRITABLE}.json")),
     Case("scripts/report_assets.py", "missing report folder", ("--report_dir", "{work}/nope")),
 )
 # Flags every train.py case gets, so that a case that wrongly starts training stays small.

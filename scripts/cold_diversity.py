@@ -19,6 +19,7 @@ from pathlib import Path
 from evaluation.cold_diversity import Study, StudySettings, quick_settings, select_variants, study_variants
 from training.cli import ArgumentParser, run_cli
 from training.data import default_fashion_mnist, default_mnist
+from training.files import check_writable
 
 DEFAULTS = StudySettings(dataset_name="", target_dataset="")
 
@@ -101,7 +102,10 @@ def main(argv: list[str] | None = None) -> None:
             options = ", ".join(f"{key}={value}" for key, value in variant.options.items()) or "defaults"
             print(f"{variant.name}: --degradation {variant.degradation} ({options})")
         return
+    if args.output is not None:
+        check_writable(args.output, "--output")
     settings, output, work_dir = settings_from(args)
+    check_writable(output, "--output")
     command = "python scripts/cold_diversity.py " + " ".join(sys.argv[1:] if argv is None else argv)
     Study(settings, variants, output, work_dir, command.strip()).run()
     print(Path(output).with_suffix(".md").read_text())
