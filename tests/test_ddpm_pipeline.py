@@ -9,7 +9,7 @@ import torch
 from diffusers import DDPMPipeline
 
 from pipelines import DDPMCallbackPipeline, load_pipeline
-from pipelines.sampling import generate
+from pipelines.sampling import generate, image_generators
 from schedulers import GaussianProcess, forward_process
 
 STEPS = 5
@@ -122,8 +122,9 @@ def test_unknown_callback_tensors_are_a_value_error_before_sampling(saved, names
 def test_generate_samples_as_the_stock_pipeline_and_saving_writes_a_stock_folder(saved, tmp_path):
     stock = DDPMPipeline(unet=saved.unet, scheduler=GaussianProcess.samplers["ddim"].build(saved.scheduler))
     stock.set_progress_bar_config(disable=True)
-    generator = torch.Generator().manual_seed(4)
-    expected = stock(batch_size=3, generator=generator, num_inference_steps=STEPS, output_type="pt").images
+    # generate() gives each image its own generator; the stock pipeline takes the same list.
+    generators = image_generators(4, 3)
+    expected = stock(batch_size=3, generator=generators, num_inference_steps=STEPS, output_type="pt").images
     torch.testing.assert_close(generate(saved, 3, "ddim", STEPS, seed=4), expected, rtol=0, atol=1e-7)
 
     sampling_pipeline(saved, "dpmsolver").save_pretrained(tmp_path)
