@@ -70,6 +70,20 @@ def uint8_to_unit_range(images: torch.Tensor) -> torch.Tensor:
 IMAGE_COLUMNS = ("image", "img")
 
 
+def check_dataset_name(dataset_name: str) -> None:
+    """Raise ``ValueError`` if ``dataset_name`` is neither a local folder nor shaped like a Hub id.
+
+    A Hub id is exactly ``owner/name``; anything else that is not a folder is a mistyped local path.
+    """
+    if not os.path.isdir(dataset_name) and (
+        dataset_name.count("/") != 1 or dataset_name.startswith((".", "/", "~"))
+    ):
+        raise ValueError(
+            f"dataset folder {dataset_name!r} does not exist; pass a local folder in the Hub's parquet "
+            "layout (e.g. ../shared/data/mnist) or a Hub id such as ylecun/mnist"
+        )
+
+
 def load_split(dataset_name: str, split: str, limit: int | None = None) -> ImageSplit:
     """Load one split of an image-classification dataset into memory.
 
@@ -87,13 +101,8 @@ def load_split(dataset_name: str, split: str, limit: int | None = None) -> Image
     """
     from datasets import load_dataset
 
+    check_dataset_name(dataset_name)
     is_local = os.path.isdir(dataset_name)
-    # A Hub id is exactly "owner/name"; anything else that is not a folder is a mistyped local path.
-    if not is_local and (dataset_name.count("/") != 1 or dataset_name.startswith((".", "/", "~"))):
-        raise ValueError(
-            f"dataset folder {dataset_name!r} does not exist; pass a local folder in the Hub's parquet "
-            "layout (e.g. ../shared/data/mnist) or a Hub id such as ylecun/mnist"
-        )
     try:
         dataset = load_dataset(dataset_name, split=split)
     except ValueError as error:

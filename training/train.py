@@ -42,7 +42,7 @@ from pipelines.sampling import generate, save_grid
 from pipelines.saving import save_pipeline
 from schedulers import FORWARD_PROCESSES, PROCESS_TYPES, ForwardProcess, factory_options, forward_process
 from training.cli import ArgumentParser, run_cli
-from training.data import MNIST, load_split, to_model_range, uint8_to_unit_range
+from training.data import MNIST, check_dataset_name, load_split, to_model_range, uint8_to_unit_range
 from training.files import write_text
 from training.objective import (
     compute_loss,
@@ -404,6 +404,7 @@ def _validate(args: argparse.Namespace) -> None:
     # Building the process checks its options; the sampler must be one of its own.
     process = make_process(args)
     process.check_sampler(args.sampler or process.default_sampler, args.sample_inference_steps)
+    check_dataset_name(args.dataset_name)
     if args.snr_gamma is not None:
         if not args.snr_gamma > 0:
             raise ValueError(f"--snr_gamma must be positive, got {args.snr_gamma}")
