@@ -16,6 +16,7 @@ matters; the absolute rates depend on the CPU and on what else it is running.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import resource
@@ -38,6 +39,7 @@ from pipelines import load_pipeline
 from pipelines.sampling import generate
 from schedulers import ForwardProcess, forward_process
 from training.data import to_model_range, uint8_to_unit_range
+from training.files import write_text
 from training.objective import compute_loss, held_out_losses, training_batch
 from training.train import Trainer, cpu_has_native_bf16, make_model, make_process, parse_args, train
 
@@ -77,6 +79,61 @@ def machine_info() -> dict[str, Any]:
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
     }
+
+
+@dataclass
+class ResultsFile:
+    """A long run's results JSON, continued by the next run of the same settings, written whole after every
+    change so that a kill loses at most the row being scored.
+
+    Subclasses give their ``open`` the settings to compare and the fresh file's first contents.
+    """
+
+    path: Path
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def open_with(
+        cls,
+        path: Path,
+        settings: dict[str, Any],
+        compared: tuple[str, ...],
+        empty: dict[str, Any],
+        command: str,
+    ) -> ResultsFile:
+        """Continue ``path`` if its ``compared`` settings equal ``settings``', else start ``empty``.
+
+        Each call is logged as a session, with its command and machine.
+
+        Raises:
+            ValueError: if ``path`` holds results of other settings (they would be mixed), or is not JSON.
+        """
+        results = cls(Path(path))
+        if results.path.is_file():
+            try:
+                results.data = json.loads(results.path.read_text())
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path} is not valid JSON ({error}); move it away to start again") from None
+            old = {key: results.data.get("settings", {}).get(key) for key in compared}
+            new = {key: settings[key] for key in compared}
+            if old != new:
+                changed = ", ".join(
+                    f"{key} {old[key]!r} -> {new[key]!r}" for key in compared if old[key] != new[key]
+                )
+                raise ValueError(
+                    f"{path} holds results of other settings ({changed}); pass the same settings to finish "
+                    "it, or another --output to start a new one"
+                )
+        else:
+            results.data = {**empty, "settings": settings, "sessions": []}
+        results.data["sessions"].append(
+            {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command, "machine": machine_info()}
+        )
+        results.save()
+        return results
+
+    def save(self) -> None:
+        write_text(self.path, json.dumps(self.data, indent=2) + "\n")
 
 
 def cpu_supports_bf16() -> bool:

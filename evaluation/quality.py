@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ import yaml
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from evaluation.benchmark import machine_info, reset_accelerate_state
+from evaluation.benchmark import ResultsFile, reset_accelerate_state
 from pipelines import load_pipeline
 from pipelines.sampling import generate
 from schedulers import forward_process
@@ -120,58 +120,24 @@ class QualityPlan:
         ]
 
 
-@dataclass
-class Results:
+class Results(ResultsFile):
     """The results file: written whole after every change, so that a kill loses at most one score."""
-
-    path: Path
-    data: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def open(cls, path: Path, plan: QualityPlan, command: str) -> Results:
         """Continue ``path`` if it holds a run of the same settings, else start one.
 
         Raises:
-            ValueError: if ``path`` holds results of other settings (they would be mixed).
+            ValueError: if ``path`` holds results of other settings (they would be mixed), or is not JSON.
         """
-        results = cls(Path(path))
-        if results.path.is_file():
-            try:
-                results.data = json.loads(results.path.read_text())
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path} is not valid JSON ({error}); move it away to start again") from None
-            old = {key: results.data.get("settings", {}).get(key) for key in SETTINGS_KEYS}
-            new = {key: plan.settings()[key] for key in SETTINGS_KEYS}
-            if old != new:
-                changed = ", ".join(
-                    f"{key} {old[key]!r} -> {new[key]!r}" for key in SETTINGS_KEYS if old[key] != new[key]
-                )
-                raise ValueError(
-                    f"{path} holds results of other settings ({changed}); pass the same settings to finish "
-                    "it, or another --output to start a new one"
-                )
-        else:
-            results.data = {
-                "schema_version": SCHEMA_VERSION,
-                "quick": plan.quick,
-                "settings": plan.settings(),
-                "sessions": [],
-                "recipes": {},
-            }
-        results.data["sessions"].append(
-            {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command, "machine": machine_info()}
-        )
-        results.save()
-        return results
+        empty = {"schema_version": SCHEMA_VERSION, "quick": plan.quick, "recipes": {}}
+        return cls.open_with(path, plan.settings(), SETTINGS_KEYS, empty, command)
 
     def recipe(self, name: str, config: Path) -> dict[str, Any]:
         """The entry of recipe ``name`` (created empty)."""
         entry = self.data["recipes"].setdefault(name, {"config": _relative(config), "points": []})
         entry.setdefault("points", [])
         return entry
-
-    def save(self) -> None:
-        write_text(self.path, json.dumps(self.data, indent=2) + "\n")
 
 
 def _relative(path: Path) -> str:

@@ -18,7 +18,7 @@ from typing import Literal, get_args
 import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
 
-from .forward_process import ForwardProcess, Loss, Sampler, register_process_type
+from .forward_process import DEFAULT_STEPS_KEY, ForwardProcess, Loss, Sampler, register_process_type
 
 TimestepDensity = Literal["uniform", "logit_normal"]
 FLOW_NAME = "flow"
@@ -210,4 +210,25 @@ class FlowMatchingProcess(ForwardProcess):
             f"`x_s` and `t = s T` (T = {self.num_train_timesteps}) the network learns to {self.objective}. "
             "Sampling integrates that velocity from pure noise at `s = 1` to `s = 0` with Diffusers' "
             "flow-match Euler or Heun scheduler."
+            + (
+                " This one is a few-step student (progressive distillation, Salimans & Ho, 2022) that "
+                f"samples in {self.default_steps()} Euler steps on evenly spaced noise levels (its saved "
+                "scheduler's)."
+                if self.scheduler.config.get(DEFAULT_STEPS_KEY)
+                else ""
+            )
         )
+
+    def check_sampler(self, sampler: str, num_inference_steps: int | None = None) -> None:
+        """As the base class, and at least 2 Euler steps where the scheduler has a ``shift_terminal``.
+
+        A few-step student's scheduler stretches its noise levels to end at ``shift_terminal`` (evenly spaced
+        levels); Diffusers' stretch divides by zero for a single step.
+        """
+        super().check_sampler(sampler, num_inference_steps)
+        terminal = self.scheduler.config.get("shift_terminal")
+        if sampler == "flow_euler" and num_inference_steps == 1 and terminal:
+            raise ValueError(
+                "num_inference_steps=1 is not possible with this pipeline's flow_euler scheduler, whose "
+                f"noise levels end at shift_terminal={terminal:g}; take 2 or more steps"
+            )

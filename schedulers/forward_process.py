@@ -27,6 +27,10 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 Loss = Literal["l1", "l2"]
 # Factory keywords that are not training options: the sampler is chosen when sampling (`sampler` everywhere).
 NOT_TRAINING_OPTIONS = ("sampling",)
+# A private key of a saved scheduler's config: the step count of the pipeline's default sampler, for a model
+# made to sample in exactly that many steps (a few-step student of training/distill.py). Diffusers keeps
+# private keys through save_pretrained, from_pretrained and from_config.
+DEFAULT_STEPS_KEY = "_default_steps"
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,15 @@ class ForwardProcess(ABC):
 
     def __init__(self, scheduler: SchedulerMixin):
         self.scheduler = scheduler
+
+    @classmethod
+    def answers_for(cls, scheduler: SchedulerMixin) -> bool:
+        """Whether this process answers for ``scheduler``, an instance of its :attr:`scheduler_class` (yes).
+
+        A family whose scheduler class also serves only for sampling (a ``DDIMScheduler``) answers just for
+        the schedulers whose config marks them as its own.
+        """
+        return True
 
     @property
     @abstractmethod
@@ -184,8 +197,14 @@ class ForwardProcess(ABC):
             raise ValueError(f"num_inference_steps={num_inference_steps} must be between 1 and {limit}")
 
     def default_steps(self, sampler: str | None = None) -> int:
-        """The usual network calls of ``sampler`` (default: :attr:`default_sampler`), at most ``T``."""
-        steps = self.samplers[sampler or self.default_sampler].default_steps
+        """The usual network calls of ``sampler`` (default: :attr:`default_sampler`), at most ``T``.
+
+        For the default sampler, a step count saved in the scheduler's config under :data:`DEFAULT_STEPS_KEY`
+        (a distilled few-step student's) comes before the sampler's usual count.
+        """
+        sampler = sampler or self.default_sampler
+        saved = self.scheduler.config.get(DEFAULT_STEPS_KEY) if sampler == self.default_sampler else None
+        steps = saved or self.samplers[sampler].default_steps
         return min(steps or self.num_train_timesteps, self.num_train_timesteps)
 
     def with_sampler(self, pipeline: DiffusionPipeline, sampler: str) -> DiffusionPipeline:
@@ -240,7 +259,7 @@ def forward_process(pipeline_or_scheduler: DiffusionPipeline | SchedulerMixin) -
     """
     scheduler = getattr(pipeline_or_scheduler, "scheduler", pipeline_or_scheduler)
     for process_type in reversed(PROCESS_TYPES):
-        if isinstance(scheduler, process_type.scheduler_class):
+        if isinstance(scheduler, process_type.scheduler_class) and process_type.answers_for(scheduler):
             return process_type(scheduler)
     raise ValueError(
         f"no forward process answers for the scheduler {type(scheduler).__name__}; the trained scheduler of "

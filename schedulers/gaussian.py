@@ -13,6 +13,9 @@ from diffusers import (
 
 from .forward_process import ForwardProcess, Loss, Sampler, register_process_type, usage_snippet
 
+# The private config key (as flow matching's) that marks a saved DDIMScheduler as a Gaussian model's own.
+DEGRADATION_KEY = "_degradation"
+
 
 def _dpm_solver(scheduler: DDPMScheduler) -> DPMSolverMultistepScheduler:
     # The SDE form of DPM-Solver++ stays closest to ancestral sampling at few steps; thresholding at 1 clips
@@ -168,3 +171,54 @@ class GaussianProcess(ForwardProcess):
                 ")",
             ),
         )
+
+
+@register_process_type
+class GaussianDDIMProcess(GaussianProcess):
+    """A Gaussian model saved with the deterministic DDIM sampler it was made for: a few-step student.
+
+    ``training/distill.py`` saves its students (progressive distillation, Salimans & Ho, 2022) as stock
+    ``DDPMPipeline`` folders whose scheduler is a stock ``DDIMScheduler`` (``v_prediction`` or ``sample``,
+    trailing timesteps, no clipping), marked ``_degradation: gaussian`` and ``_default_steps: N`` in its
+    config; so plain ``DiffusionPipeline.from_pretrained(folder)`` samples the student as it was distilled,
+    and every tool takes its step count as the default. A ``DDIMScheduler`` without the mark (one built for
+    sampling) is no process's.
+
+    Example:
+        >>> from diffusers import DDIMScheduler
+        >>> from schedulers import forward_process
+        >>> scheduler = DDIMScheduler(prediction_type="v_prediction", timestep_spacing="trailing")
+        >>> scheduler.register_to_config(_degradation="gaussian", _default_steps=4)
+        >>> process = forward_process(scheduler)
+        >>> process.name, list(process.samplers), process.default_steps()
+        ('gaussian', ['ddim'], 4)
+    """
+
+    scheduler_class = DDIMScheduler
+    samplers = {"ddim": Sampler("DDIM (deterministic)", 50, lambda s: DDIMScheduler.from_config(s.config))}
+    default_sampler = "ddim"
+
+    @classmethod
+    def answers_for(cls, scheduler) -> bool:
+        return scheduler.config.get(DEGRADATION_KEY) == "gaussian"
+
+    def describe(self) -> str:
+        return f"Gaussian DDPM, {self.default_steps()}-step DDIM student, T = {self.num_train_timesteps}"
+
+    @property
+    def label(self) -> str:
+        return "Gaussian DDPM, few-step student"
+
+    def summary(self) -> str:
+        return (
+            "A few-step student of a Gaussian denoising diffusion model (Ho et al., 2020), made by "
+            "progressive distillation (Salimans & Ho, 2022): each round halves the steps of the "
+            "deterministic DDIM sampler, training the student to match two of its teacher's steps with one "
+            f"of its own. From a noisy image and its timestep (T = {self.num_train_timesteps}) the network "
+            f"learns to {self.objective}; sampling starts from pure Gaussian noise and takes "
+            f"{self.default_steps()} DDIM steps with the saved scheduler."
+        )
+
+    def usage(self, repo_id: str) -> str:
+        """Sampling with the saved DDIM scheduler in the student's own number of steps."""
+        return usage_snippet(repo_id, self.default_steps())

@@ -4,13 +4,20 @@
     python scripts/benchmark.py --quick --output benchmarks/results.json    # smoke run, under 2 minutes
     python scripts/benchmark.py --section quality                           # recipes, hours; resumes
     python scripts/benchmark.py --section quality --quick                   # smoke run, synthetic data
+    python scripts/benchmark.py --section fewstep                           # flow teacher, ~70 min; resumes
+    python scripts/benchmark.py --section fewstep --process gaussian        # Gaussian teacher, ~2 h
+    python scripts/benchmark.py --section fewstep --quick                   # smoke run, under a minute
 
 ``--section speed`` (the default) writes the results as JSON and as a markdown table (``README.md`` beside
 the JSON unless ``--markdown`` says otherwise) and prints the table; see :mod:`evaluation.benchmark` for what
 it measures. ``--section quality`` trains each training recipe for 30 minutes and scores it after 2.5, 5,
 10, 20 and 30 minutes (:mod:`evaluation.quality`); it writes ``benchmarks/quality_per_minute.json``, the plot
 ``quality_per_minute.png`` beside it and its own section of ``README.md`` (which the speed section keeps),
-and a run killed at any point is finished by running the same command again.
+and a run killed at any point is finished by running the same command again. ``--section fewstep``
+distils a teacher (``outputs/fast_cpu_flow`` or ``outputs/fast_cpu``, trained first from its recipe when the
+folder holds no pipeline) with ``training/distill.py`` and scores the teacher's full and fast samplers and
+its 4-, 2- and 1-step students side by side (:mod:`evaluation.fewstep`) into
+``benchmarks/fewstep_<process>.json`` and a Markdown table beside it; it resumes the same way.
 """
 
 from __future__ import annotations
@@ -90,7 +97,42 @@ QUIET_TRAINING = {
 }
 
 
-SECTIONS = ("speed", "quality")
+SECTIONS = ("speed", "quality", "fewstep")
+CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
+# Per teacher process: the teacher's folder and recipe, and the distillation's config.
+FEWSTEP_PRESETS = {
+    "flow": (Path("outputs/fast_cpu_flow"), CONFIGS / "fast_cpu_flow.yaml", CONFIGS / "distill_flow.yaml"),
+    "gaussian": (Path("outputs/fast_cpu"), CONFIGS / "fast_cpu.yaml", CONFIGS / "distill_gaussian.yaml"),
+}
+# --section fewstep --quick: a tiny CNN teacher (T = 20) trained for a few steps, distilled from 8 steps in
+# rounds of 2 steps.
+FEWSTEP_QUICK_TEACHER_FLAGS = (
+    "--model=cnn",
+    "--n_hidden",
+    "8",
+    "8",
+    "--num_train_timesteps=20",
+    "--max_train_steps=4",
+    "--train_batch_size=16",
+    "--num_validation_images=16",
+    "--eval_batch_size=16",
+    "--num_sample_images=2",
+    "--sample_inference_steps=2",
+    "--save_images_epochs=1000000",
+    "--checkpointing_steps=1000000",
+    "--lr_warmup_steps=0",
+    "--num_threads=1",
+)
+FEWSTEP_QUICK_DISTILL_FLAGS = (
+    "--teacher_steps=8",
+    "--steps_per_round=2",
+    "--train_batch_size=16",
+    "--num_sample_images=2",
+    "--logging_steps=1",
+    "--checkpointing_steps=2",
+    "--num_threads=1",
+)
+FEWSTEP_QUICK_NUM_IMAGES = 16
 # The quality section's --quick: synthetic data and train.py flags that make each recipe's run a smoke run
 # (time, not steps, ends it, so every minute mark is reached however fast the machine is).
 QUICK_QUALITY = {"num_fid_images": 16, "num_inference_steps": 2}
@@ -114,7 +156,8 @@ def add_section_flag(parser: argparse.ArgumentParser) -> None:
         choices=SECTIONS,
         default="speed",
         help="speed: training throughput, samplers and quality per budget (default); quality: FID per "
-        "CPU-minute of each training recipe (see `--section quality --help`)",
+        "CPU-minute of each training recipe; fewstep: a teacher against its distilled 4-, 2- and 1-step "
+        "students (see `--section quality --help`, `--section fewstep --help`)",
     )
 
 
@@ -378,13 +421,111 @@ def quality_main(argv: list[str], command: str) -> None:
     print(section)
 
 
+def parse_fewstep_args(argv: list[str]) -> argparse.Namespace:
+    """Flags of ``--section fewstep``; every value is checked before any training."""
+    parser = ArgumentParser(
+        description="Few-step students: a teacher's full and fast samplers against its 4-, 2- and 1-step "
+        "students."
+    )
+    add_section_flag(parser)
+    parser.add_argument(
+        "--process", choices=tuple(FEWSTEP_PRESETS), default="flow", help="the teacher's process"
+    )
+    parser.add_argument(
+        "--teacher", default=None, help="teacher pipeline folder (default: the process's recipe)"
+    )
+    parser.add_argument(
+        "--teacher_config",
+        default=None,
+        help="train.py config that trains the teacher when its folder has no pipeline (default: the recipe; "
+        "'none': the teacher must exist)",
+    )
+    parser.add_argument("--distill_config", default=None, help="distill.py config (default: the process's)")
+    parser.add_argument("--work_dir", default=None, help="the students' folder (default: outputs/fewstep/P)")
+    parser.add_argument(
+        "--dataset_name",
+        default=default_mnist(),
+        help="Hub id or local parquet folder (default: ../shared/data/mnist when present)",
+    )
+    parser.add_argument("--num_images", type=int, default=None, help="samples per row (default 1000)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num_threads", type=int, default=None, help="torch threads for sampling and FID")
+    parser.add_argument("--output", default=None, help="results .json (default benchmarks/fewstep_P.json)")
+    parser.add_argument("--markdown", default=None, help="Markdown table (default: --output with .md)")
+    parser.add_argument("--quick", action="store_true", help="smoke run on synthetic data, under a minute")
+    args = parser.parse_args(argv)
+    teacher, recipe, distill_config = FEWSTEP_PRESETS[args.process]
+    if args.quick:
+        work = Path(args.work_dir or f"outputs/fewstep_quick/{args.process}")
+        args.teacher = args.teacher or str(work / "teacher")
+        args.work_dir = str(work / "students")
+    args.teacher = args.teacher or str(teacher)
+    args.teacher_config = None if args.teacher_config == "none" else (args.teacher_config or str(recipe))
+    args.distill_config = args.distill_config or str(distill_config)
+    args.work_dir = args.work_dir or f"outputs/fewstep/{args.process}"
+    args.num_images = args.num_images or (FEWSTEP_QUICK_NUM_IMAGES if args.quick else 1000)
+    args.output = args.output or f"benchmarks/fewstep_{args.process}{'_quick' if args.quick else ''}.json"
+    args.markdown = args.markdown or str(Path(args.output).with_suffix(".md"))
+    if not args.output.endswith(".json"):
+        raise ValueError(f"--output {args.output!r} must end in .json")
+    if args.num_images < 2:
+        raise ValueError(f"--num_images must be at least 2 for FID, got {args.num_images}")
+    if args.num_threads is not None and args.num_threads < 1:
+        raise ValueError(f"--num_threads must be at least 1, got {args.num_threads}")
+    for name in ("teacher_config", "distill_config"):
+        if getattr(args, name) is not None and not Path(getattr(args, name)).is_file():
+            raise ValueError(f"--{name} {getattr(args, name)!r} is not a file")
+    if args.teacher_config is None and not (Path(args.teacher) / "model_index.json").is_file():
+        raise ValueError(f"--teacher {args.teacher!r} holds no pipeline and --teacher_config is none")
+    check_writable(args.output)
+    check_writable(args.markdown, "--markdown")
+    return args
+
+
+def fewstep_main(argv: list[str], command: str) -> None:
+    """``--section fewstep``: train the teacher if needed, distil, score (resuming); write JSON and table."""
+    from evaluation.fewstep import STUDENT_STEPS, FewStepPlan, run_fewstep
+    from evaluation.fewstep import Results as FewStepResults
+    from evaluation.fewstep import write_report as write_fewstep_report
+    from evaluation.metrics import SampleQuality
+
+    args = parse_fewstep_args(argv)
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    dataset = args.dataset_name
+    if args.quick:
+        dataset = str(Path(args.work_dir).parent / "data")
+        if not (Path(dataset) / "data").is_dir():
+            write_synthetic_mnist(dataset, 256, 64)
+    plan = FewStepPlan(
+        process=args.process,
+        teacher=Path(args.teacher),
+        distill_config=Path(args.distill_config),
+        work_dir=Path(args.work_dir),
+        teacher_config=Path(args.teacher_config) if args.teacher_config else None,
+        dataset_name=dataset,
+        num_images=args.num_images,
+        seed=args.seed,
+        student_steps=STUDENT_STEPS,
+        train_flags=FEWSTEP_QUICK_TEACHER_FLAGS if args.quick else (),
+        distill_flags=FEWSTEP_QUICK_DISTILL_FLAGS if args.quick else (),
+        quick=args.quick,
+    )
+    results = FewStepResults.open(Path(args.output), plan, command)
+    quality = SampleQuality(load_split(dataset, "test"), load_split(dataset, "train"), seed=args.seed)
+    data = run_fewstep(plan, results, quality)
+    print(write_fewstep_report(data, Path(args.markdown)))
+    print(f"wrote {args.output} and {args.markdown}")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = "python scripts/benchmark.py " + " ".join(argv)
     section = ArgumentParser(add_help=False)
     add_section_flag(section)
-    if section.parse_known_args(argv)[0].section == "quality":
-        quality_main(argv, command)
+    chosen = section.parse_known_args(argv)[0].section
+    if chosen != "speed":
+        {"quality": quality_main, "fewstep": fewstep_main}[chosen](argv, command)
         return
     args = parse_args(argv)
     results = run(args, command)

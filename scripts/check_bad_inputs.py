@@ -98,6 +98,14 @@ CASES = (
         "corrupt folder",
         ("--model", "{work}/truncated", "--output", "{work}/done/m.json"),
     ),
+    Case("training/distill.py", "missing teacher folder", ("--teacher", "{work}/nope")),
+    Case("training/distill.py", "corrupt teacher folder", ("--teacher", "{work}/garbled")),
+    Case("training/distill.py", "bad value", ("--teacher", "{work}/model", "--steps_per_round", "0")),
+    Case(
+        "training/distill.py",
+        "student steps above the teacher's",
+        ("--teacher", "{work}/model", "--teacher_steps", "4", "--student_steps", "8"),
+    ),
     Case(
         "scripts/evaluate.py",
         "not a .npy file",
@@ -137,6 +145,25 @@ CASES = (
         "scripts/benchmark.py",
         "corrupt folder",
         ("--model", "{work}/truncated", "--output", "{work}/done/b.json"),
+    ),
+    Case(
+        "scripts/benchmark.py",
+        "fewstep: unwritable output",
+        (
+            "--section",
+            "fewstep",
+            "--teacher",
+            "{work}/model",
+            "--teacher_config",
+            "none",
+            "--output",
+            f"{UNWRITABLE}.json",
+        ),
+    ),  # fmt: skip
+    Case(
+        "scripts/benchmark.py",
+        "fewstep: missing teacher",
+        ("--section", "fewstep", "--teacher", "{work}/nope", "--teacher_config", "none"),
     ),
     Case("scripts/cold_diversity.py", "unknown variant", ("--variants", "fog")),
     Case("scripts/cold_diversity.py", "unwritable output", ("--output", f"{UNWRITABLE}.json")),

@@ -224,5 +224,7 @@ def test_unknown_config_key_is_rejected(tmp_path):
 def test_shipped_configs_parse():
     from training.train import parse_args
 
+    # The distill_*.yaml configs are distill.py's (tests/test_distill.py parses them).
     for config in sorted((PROJECT_ROOT / "training" / "configs").glob("*.yaml")):
-        parse_args(["--config", str(config)])
+        if not config.name.startswith("distill_"):
+            parse_args(["--config", str(config)])

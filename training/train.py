@@ -543,6 +543,41 @@ class MetricsLog:
                 handle.write(json.dumps(record) + "\n")
 
 
+def start_or_resume(
+    accelerator: Accelerator, resume_from: str | None, output_dir: str, log: MetricsLog
+) -> int:
+    """Load ``resume_from`` (``latest`` or a checkpoint folder) and return its step; 0 for a new run.
+
+    A new run (no ``resume_from``, or ``latest`` in a folder without checkpoints) starts with an empty
+    metrics log; a resumed one drops the records logged after its checkpoint.
+
+    Raises:
+        ValueError: if the checkpoint cannot be loaded (a truncated, foreign or pickled file).
+    """
+    if not resume_from:
+        log.clear()
+        return 0
+    if resume_from == "latest":
+        checkpoints = _checkpoints(output_dir)
+        if not checkpoints:
+            logger.info("No checkpoint in %s; starting a new run.", output_dir)
+            log.clear()
+            return 0
+        path = checkpoints[-1]
+    else:
+        path = Path(resume_from)
+    try:
+        accelerator.load_state(str(path))
+    except (OSError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError) as error:
+        # torch refuses a pickle that would build arbitrary objects; so does a truncated or foreign file.
+        reason = " ".join(str(error).split())[:300]
+        raise ValueError(f"checkpoint {path} could not be loaded: {reason}") from error
+    step = int(path.name[len(CHECKPOINT_PREFIX) :])
+    log.truncate_after(step)
+    logger.info("Resumed from %s at step %d.", path, step)
+    return step
+
+
 class Trainer:
     """One training run: set-up, the step loop, end-of-epoch work and the final save.
 
@@ -696,35 +731,12 @@ class Trainer:
         if "plateau" in state:
             self.lr_scheduler.load_state_dict(state["plateau"])
 
-    def resume(self) -> None:
-        """Load ``--resume_from_checkpoint`` (``latest`` or a folder) if one exists."""
-        args = self.args
-        if args.resume_from_checkpoint == "latest":
-            checkpoints = _checkpoints(args.output_dir)
-            if not checkpoints:
-                logger.info("No checkpoint in %s; starting a new run.", args.output_dir)
-                self.metrics_log.clear()
-                return
-            path = checkpoints[-1]
-        else:
-            path = Path(args.resume_from_checkpoint)
-        try:
-            self.accelerator.load_state(str(path))
-        except (OSError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError) as error:
-            # torch refuses a pickle that would build arbitrary objects; so does a truncated or foreign file.
-            reason = " ".join(str(error).split())[:300]
-            raise ValueError(f"checkpoint {path} could not be loaded: {reason}") from error
-        self.global_step = int(path.name[len(CHECKPOINT_PREFIX) :])
-        self.metrics_log.truncate_after(self.global_step)
-        logger.info("Resumed from %s at step %d.", path, self.global_step)
-
     def train(self) -> torch.nn.Module:
         """Train to ``max_train_steps`` and save the pipeline; returns this process's final model."""
         args, accelerator = self.args, self.accelerator
-        if args.resume_from_checkpoint:
-            self.resume()
-        else:
-            self.metrics_log.clear()
+        self.global_step = start_or_resume(
+            accelerator, args.resume_from_checkpoint, args.output_dir, self.metrics_log
+        )
         # The --checkpoint_minutes still ahead; a run that has used its --max_train_minutes has finished.
         self.pending_minutes = sorted(m for m in args.checkpoint_minutes or () if m * 60 > self.train_seconds)
         if args.max_train_minutes is not None and self.train_seconds >= args.max_train_minutes * 60:
