@@ -34,19 +34,30 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def unet_preset(name: str = "small", sample_size: int = 28, in_channels: int = 1) -> UNet2DModel:
+def unet_preset(
+    name: str = "small", sample_size: int = 28, in_channels: int = 1, num_class_embeds: int | None = None
+) -> UNet2DModel:
     """Build a ``UNet2DModel`` from a named preset.
 
     Args:
         name: one of :data:`UNET_PRESETS`.
         sample_size: image height and width (must be divisible by 4).
         in_channels: image channels (output has the same number).
+        num_class_embeds: for a class-conditional network, the number of class labels including the "no
+            class" label of classifier-free guidance (11 for MNIST); Diffusers adds a learned embedding of
+            ``class_labels`` to the time embedding. ``None``: unconditional.
 
     Raises:
-        ValueError: on an unknown preset name.
+        ValueError: on an unknown preset name or fewer than 2 class embeddings.
     """
     if name not in UNET_PRESETS:
         raise ValueError(f"unknown UNet preset {name!r}; choose one of {sorted(UNET_PRESETS)}")
+    if num_class_embeds is not None and num_class_embeds < 2:
+        raise ValueError(f"num_class_embeds={num_class_embeds} must be >= 2 (or None: unconditional)")
     return UNet2DModel(
-        sample_size=sample_size, in_channels=in_channels, out_channels=in_channels, **UNET_PRESETS[name]
+        sample_size=sample_size,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        num_class_embeds=num_class_embeds,
+        **UNET_PRESETS[name],
     )

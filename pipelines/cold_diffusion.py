@@ -1,41 +1,35 @@
 """``ColdDiffusionPipeline``: the one sampling loop of every cold-diffusion scheduler (and of DES).
 
-This file imports only torch, diffusers, numpy, PIL and the standard library, so that a saved pipeline ships
-it as custom code: ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` then works without
-this project.
+This file imports only torch, diffusers, numpy, PIL, the standard library and its sibling modules ``guidance``
+and ``pipeline_utils`` (shipped with it), so that a saved pipeline ships it as custom code:
+``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` then works without this project.
 """
 
 from __future__ import annotations
 
 import importlib
-import inspect
 import json
 import numbers
 import os
 import re
-import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import PIL.Image
 import torch
 from diffusers import DiffusionPipeline
-from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.pipelines.pipeline_loading_utils import LOADABLE_CLASSES
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
-from diffusers.utils.dynamic_modules_utils import get_relative_import_files
+
+from .guidance import ClassLabelGuidance, ClassLabels
+from .pipeline_utils import StepCallbackMixin, StepEndCallback, copy_module_code
 
 SAMPLING_METHODS = ("improved", "naive", "direct")
 OUTPUT_TYPES = ("pil", "np", "pt")
-# `callback_on_step_end(pipeline, step_index, timestep, callback_kwargs) -> callback_kwargs`, as in Diffusers.
-StepEndCallback = Callable[[DiffusionPipeline, int, torch.Tensor, dict[str, Any]], dict[str, Any]] | (
-    PipelineCallback | MultiPipelineCallbacks
-)
 
 
 # What `start_images` may be: see `start_images_tensor`.
@@ -115,13 +109,16 @@ class ColdDiffusionPipelineOutput(BaseOutput):
     images: list[PIL.Image.Image] | object
 
 
-class ColdDiffusionPipeline(DiffusionPipeline):
+class ColdDiffusionPipeline(StepCallbackMixin, DiffusionPipeline):
     """Generate or restore images with a restoration model and a cold-diffusion scheduler.
 
     Args:
         unet: a model called as ``unet(x_t, t).sample`` that predicts ``x_0`` (for the DES scheduler, its
             scaled noise), e.g. the coursework CNN or a ``UNet2DModel``.
         scheduler: a ``ColdDiffusionScheduler`` (``degrade``, ``set_timesteps``, ``step``, ``prior_sample``).
+
+    A ``unet`` with ``num_class_embeds`` in its config is class-conditional: :meth:`__call__` takes
+    ``class_labels`` and ``guidance_scale`` (see :mod:`pipelines.guidance`).
     """
 
     model_cpu_offload_seq = "unet"
@@ -135,16 +132,6 @@ class ColdDiffusionPipeline(DiffusionPipeline):
         self.image_processor = VaeImageProcessor(do_resize=False, do_convert_grayscale=True)
         self._num_timesteps = 0
         self._interrupt = False
-
-    @property
-    def num_timesteps(self) -> int:
-        """The number of reverse steps (network calls) of the current or last run."""
-        return self._num_timesteps
-
-    @property
-    def interrupt(self) -> bool:
-        """Set ``pipeline._interrupt = True`` in a callback to skip the remaining steps of the run."""
-        return self._interrupt
 
     def check_inputs(
         self,
@@ -175,13 +162,7 @@ class ColdDiffusionPipeline(DiffusionPipeline):
                 raise ValueError(
                     "start_timestep needs start_images to degrade to it; unconditional samples start at t = T"
                 )
-        if callback_on_step_end_tensor_inputs is not None:
-            unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
-            if unknown:
-                raise ValueError(
-                    f"`callback_on_step_end_tensor_inputs` has to be in {self._callback_tensor_inputs}, but "
-                    f"found {unknown}"
-                )
+        self.check_callback_inputs(callback_on_step_end_tensor_inputs)
 
     def get_timesteps(self, start_timestep: int | None = None) -> torch.Tensor:
         """The timesteps of a run from ``start_timestep`` (``None``: ``T``), once ``set_timesteps`` has run.
@@ -231,6 +212,8 @@ class ColdDiffusionPipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: StepEndCallback | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        class_labels: ClassLabels | None = None,
+        guidance_scale: float = 1.0,
     ) -> ColdDiffusionPipelineOutput | tuple:
         """Sample from the scheduler's prior, or degrade ``start_images`` to a start timestep, and restore.
 
@@ -258,14 +241,21 @@ class ColdDiffusionPipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs: tensors the callback gets, from ``_callback_tensor_inputs``:
                 ``latents`` (the sample after the step, in ``[-1, 1]``) and ``pred_original_sample`` (the
                 step's estimate of the clean images).
+            class_labels: for a class-conditional ``unet``: the digit of every image (a list of ints in
+                ``0..9``, one per image: ``batch_size`` or ``start_images``) or one for all (an int);
+                ``None`` samples unconditionally (with the null label). An unconditional ``unet`` takes none.
+            guidance_scale: the classifier-free guidance weight ``w`` of ``uncond + w * (cond - uncond)``:
+                1 samples the conditional model as it is (one network call per step), 0 the unconditional
+                one, above 1 guides more strongly towards the labels (one call on a doubled batch). Other
+                values than 1 need ``class_labels``.
 
         Returns:
             A :class:`ColdDiffusionPipelineOutput`, or the tuple ``(images,)`` if not ``return_dict``.
 
         Raises:
             ValueError: on an unknown ``sampler``, ``output_type`` or callback tensor input, a bad
-                ``num_inference_steps`` or a ``start_timestep`` outside ``[1, T]`` or without
-                ``start_images``.
+                ``num_inference_steps``, a ``start_timestep`` outside ``[1, T]`` or without
+                ``start_images``, bad ``class_labels`` or a bad ``guidance_scale``.
 
         Example:
             >>> import torch
@@ -289,32 +279,34 @@ class ColdDiffusionPipeline(DiffusionPipeline):
             ... ).images
         """
         sampler = sampler or self.scheduler.config.sampling
-        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
-            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        callback_on_step_end_tensor_inputs = self.callback_tensor_inputs(
+            callback_on_step_end, callback_on_step_end_tensor_inputs
+        )
         self.check_inputs(
             sampler, output_type, start_images, start_timestep, callback_on_step_end_tensor_inputs
         )
-        self._interrupt = False
         device = self._execution_device
+        if start_images is not None:
+            start_images = start_images_tensor(start_images)
+            batch_size = len(start_images)
+        guidance = ClassLabelGuidance.prepare(self, class_labels, guidance_scale, batch_size, device)
         self.scheduler.set_timesteps(1 if sampler == "direct" else num_inference_steps, device=device)
         timesteps = self.get_timesteps(start_timestep)
-        self._num_timesteps = len(timesteps)
+        self.start_steps(len(timesteps))
         start = self.scheduler.config.num_train_timesteps if start_timestep is None else start_timestep
         latents = self.prepare_latents(batch_size, start_images, start, generator, device, start_noise)
 
         for i, t in enumerate(self.progress_bar(timesteps)):
             if self.interrupt:
                 continue
-            model_output = self.unet(latents, t).sample
+            model_output = guidance.predict(self.unet, latents, t)
             latents, pred_original_sample = self.scheduler.step(
                 model_output, t, latents, generator=generator, sampling=sampler, return_dict=False
             )
-            if callback_on_step_end is not None:
-                callback_kwargs = {}
-                for k in callback_on_step_end_tensor_inputs:
-                    callback_kwargs[k] = locals()[k]
-                callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
-                latents = callback_outputs.pop("latents", latents)
+            latents = self.step_end(
+                callback_on_step_end, i, t, callback_on_step_end_tensor_inputs, latents,
+                pred_original_sample=pred_original_sample,
+            )  # fmt: skip
 
         images = self.image_processor.postprocess(latents.float(), output_type=output_type)
         self.maybe_free_model_hooks()
@@ -459,20 +451,12 @@ def make_portable(folder: str | os.PathLike) -> None:
         if library in LOADABLE_CLASSES or os.path.isfile(os.path.join(folder, name, f"{library}.py")):
             continue
         component_class = getattr(importlib.import_module(library), class_name)
-        index[name] = [_copy_module_code(component_class, os.path.join(folder, name)), class_name]
+        index[name] = [copy_module_code(component_class, os.path.join(folder, name)), class_name]
     if index["_class_name"] == ColdDiffusionPipeline.__name__:
         index["_class_name"] = [
-            _copy_module_code(ColdDiffusionPipeline, folder),
+            copy_module_code(ColdDiffusionPipeline, folder),
             ColdDiffusionPipeline.__name__,
         ]
     with open(index_file, "w", encoding="utf-8") as file:
         json.dump(index, file, indent=2, sort_keys=True)
         file.write("\n")
-
-
-def _copy_module_code(cls: type, target_folder: str) -> str:
-    """Copy the module defining ``cls`` and its relative imports into ``target_folder``; return its name."""
-    source = inspect.getsourcefile(cls)
-    for path in [source, *get_relative_import_files(source)]:
-        shutil.copyfile(path, os.path.join(target_folder, os.path.basename(path)))
-    return os.path.splitext(os.path.basename(source))[0]

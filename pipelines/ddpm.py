@@ -1,8 +1,15 @@
-"""``DDPMCallbackPipeline``: the stock ``DDPMPipeline`` loop with Diffusers' ``callback_on_step_end``.
+"""``DDPMCallbackPipeline``: the stock ``DDPMPipeline`` loop with Diffusers' ``callback_on_step_end`` and
+class labels with classifier-free guidance.
 
-Gaussian pipelines are saved as stock ``DDPMPipeline`` folders; ``GaussianProcess.with_sampler`` hands the
-tools this subclass (same components, same samples) so that every sampling pipeline of the project
-takes a step callback. Saving it still writes a stock ``DDPMPipeline`` folder.
+Unconditional Gaussian pipelines are saved as stock ``DDPMPipeline`` folders; ``GaussianProcess.with_sampler``
+hands the tools this subclass (same components, same samples) so that every sampling pipeline of the project
+takes a step callback, and saving it still writes a stock ``DDPMPipeline`` folder. A class-conditional one
+(a ``unet`` with ``num_class_embeds``) needs ``class_labels``, which the stock pipeline does not take: it is
+saved as this class, with its code, so that ``DiffusionPipeline.from_pretrained(folder,
+trust_remote_code=True)`` loads it without this project.
+
+This file imports only torch, diffusers, the standard library and its sibling modules ``guidance`` and
+``pipeline_utils`` (shipped with it), so that a saved conditional pipeline ships it as custom code.
 """
 
 from __future__ import annotations
@@ -11,18 +18,19 @@ import os
 from collections.abc import Sequence
 
 import torch
-from diffusers import DDPMPipeline, ImagePipelineOutput
-from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers import DDPMPipeline, DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .cold_diffusion import StepEndCallback
+from .guidance import ClassLabelGuidance, ClassLabels, is_class_conditional
+from .pipeline_utils import StepCallbackMixin, StepEndCallback, ship_code
 
 
-class DDPMCallbackPipeline(DDPMPipeline):
-    """``DDPMPipeline`` plus ``callback_on_step_end``; samples exactly as the stock pipeline does.
+class DDPMCallbackPipeline(StepCallbackMixin, DDPMPipeline):
+    """``DDPMPipeline`` plus ``callback_on_step_end`` and class labels; samples exactly as the stock pipeline.
 
     Args:
-        unet: the noise (or ``x0``, or velocity) prediction network, as in ``DDPMPipeline``.
+        unet: the noise (or ``x0``, or velocity) prediction network, as in ``DDPMPipeline``; with
+            ``num_class_embeds`` in its config, a class-conditional one (see :mod:`pipelines.guidance`).
         scheduler: a Diffusers scheduler built from the trained ``DDPMScheduler`` (DDPM, DDIM, DPM-Solver++).
     """
 
@@ -34,25 +42,9 @@ class DDPMCallbackPipeline(DDPMPipeline):
         self._num_timesteps = 0
         self._interrupt = False
 
-    @property
-    def num_timesteps(self) -> int:
-        """The number of reverse steps (network calls) of the current or last run."""
-        return self._num_timesteps
-
-    @property
-    def interrupt(self) -> bool:
-        """Set ``pipeline._interrupt = True`` in a callback to skip the remaining steps of the run."""
-        return self._interrupt
-
     def check_inputs(self, callback_on_step_end_tensor_inputs: Sequence[str] | None) -> None:
         """Raise ``ValueError`` if the callback asks for a tensor the pipeline does not offer."""
-        if callback_on_step_end_tensor_inputs is not None:
-            unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
-            if unknown:
-                raise ValueError(
-                    f"`callback_on_step_end_tensor_inputs` has to be in {self._callback_tensor_inputs}, but "
-                    f"found {unknown}"
-                )
+        self.check_callback_inputs(callback_on_step_end_tensor_inputs)
 
     @torch.no_grad()
     def __call__(
@@ -64,6 +56,8 @@ class DDPMCallbackPipeline(DDPMPipeline):
         return_dict: bool = True,
         callback_on_step_end: StepEndCallback | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        class_labels: ClassLabels | None = None,
+        guidance_scale: float = 1.0,
     ) -> ImagePipelineOutput | tuple:
         """Sample Gaussian noise and denoise it with the scheduler, as ``DDPMPipeline.__call__``.
 
@@ -79,12 +73,20 @@ class DDPMCallbackPipeline(DDPMPipeline):
                 returns replaces the sample. A Diffusers ``PipelineCallback`` brings its own tensor inputs.
             callback_on_step_end_tensor_inputs: tensors the callback gets, from ``_callback_tensor_inputs``:
                 ``latents`` (the sample after the step, in model space, about ``[-1, 1]``).
+            class_labels: for a class-conditional ``unet``: the digit of every image (a list of
+                ``batch_size`` ints in ``0..9``) or one for all (an int); ``None`` samples unconditionally
+                (with the null label). An unconditional ``unet`` takes none.
+            guidance_scale: the classifier-free guidance weight ``w`` of ``uncond + w * (cond - uncond)``:
+                1 samples the conditional model as it is (one network call per step), 0 the unconditional
+                one, above 1 guides more strongly towards the labels (one call on a doubled batch). Other
+                values than 1 need ``class_labels``.
 
         Returns:
             An ``ImagePipelineOutput``, or ``(images,)`` if not ``return_dict``.
 
         Raises:
-            ValueError: on an unknown callback tensor input.
+            ValueError: on an unknown callback tensor input, bad ``class_labels`` (not ints in range, not
+                one per image, or given to an unconditional model) or a bad ``guidance_scale``.
 
         Example:
             >>> import torch
@@ -101,10 +103,18 @@ class DDPMCallbackPipeline(DDPMPipeline):
             ...     batch_size=16, num_inference_steps=25, generator=torch.Generator().manual_seed(0),
             ...     callback_on_step_end=record,
             ... ).images
+            >>> # With a class-conditional model: two of each digit, guided with w = 3.
+            >>> images = pipeline(  # doctest: +SKIP
+            ...     batch_size=20, class_labels=[d for d in range(10) for _ in range(2)], guidance_scale=3.0,
+            ...     num_inference_steps=25,
+            ... ).images
         """
-        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
-            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        callback_on_step_end_tensor_inputs = self.callback_tensor_inputs(
+            callback_on_step_end, callback_on_step_end_tensor_inputs
+        )
         self.check_inputs(callback_on_step_end_tensor_inputs)
+        device = self._execution_device
+        guidance = ClassLabelGuidance.prepare(self, class_labels, guidance_scale, batch_size, device)
         self._interrupt = False
         # From here to the end, DDPMPipeline.__call__ (diffusers 0.42) with the callback after each step.
         if isinstance(self.unet.config.sample_size, int):
@@ -117,7 +127,6 @@ class DDPMCallbackPipeline(DDPMPipeline):
         else:
             image_shape = (batch_size, self.unet.config.in_channels, *self.unet.config.sample_size)
 
-        device = self._execution_device
         if device.type == "mps":
             # randn does not work reproducibly on mps
             latents = randn_tensor(image_shape, generator=generator, dtype=self.unet.dtype).to(device)
@@ -126,18 +135,13 @@ class DDPMCallbackPipeline(DDPMPipeline):
 
         self.scheduler.set_timesteps(num_inference_steps)
         timesteps = self.scheduler.timesteps
-        self._num_timesteps = len(timesteps)
+        self.start_steps(len(timesteps))
         for i, t in enumerate(self.progress_bar(timesteps)):
             if self.interrupt:
                 continue
-            model_output = self.unet(latents, t).sample
+            model_output = guidance.predict(self.unet, latents, t)
             latents = self.scheduler.step(model_output, t, latents, generator=generator).prev_sample
-            if callback_on_step_end is not None:
-                callback_kwargs = {}
-                for k in callback_on_step_end_tensor_inputs:
-                    callback_kwargs[k] = locals()[k]
-                callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
-                latents = callback_outputs.pop("latents", latents)
+            latents = self.step_end(callback_on_step_end, i, t, callback_on_step_end_tensor_inputs, latents)
 
         image = (latents / 2 + 0.5).clamp(0, 1)
         if output_type != "pt":
@@ -151,5 +155,13 @@ class DDPMCallbackPipeline(DDPMPipeline):
         return ImagePipelineOutput(images=image)
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
-        """Save a stock ``DDPMPipeline`` folder, which plain Diffusers loads."""
-        DDPMPipeline(**self.components).save_pretrained(save_directory, **kwargs)
+        """Save a stock ``DDPMPipeline`` folder, which plain Diffusers loads; a conditional one as this class.
+
+        The folder of a class-conditional pipeline gets this class's code (and its non-Diffusers
+        components'), for ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)``.
+        """
+        if not is_class_conditional(self):
+            DDPMPipeline(**self.components).save_pretrained(save_directory, **kwargs)
+            return
+        DiffusionPipeline.save_pretrained(self, save_directory, **kwargs)
+        ship_code(self, save_directory)

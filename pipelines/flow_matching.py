@@ -1,35 +1,31 @@
 """``FlowMatchingPipeline``: sample a flow-matching (rectified-flow) model with a flow-match scheduler.
 
-This file imports only torch, diffusers and the standard library, so that a saved pipeline ships it as custom
-code: ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` then works without this project.
+This file imports only torch, diffusers, the standard library and its sibling modules ``guidance`` and
+``pipeline_utils`` (shipped with it), so that a saved pipeline ships it as custom code:
+``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` then works without this project.
 """
 
 from __future__ import annotations
 
-import inspect
-import json
 import os
-import shutil
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
-from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.utils.dynamic_modules_utils import get_relative_import_files
 from diffusers.utils.torch_utils import randn_tensor
 
+from .guidance import ClassLabelGuidance, ClassLabels
+from .pipeline_utils import StepCallbackMixin, StepEndCallback, ship_code
+
 OUTPUT_TYPES = ("pil", "np", "pt")
-# `callback_on_step_end(pipeline, step_index, timestep, callback_kwargs) -> callback_kwargs`, as in Diffusers.
-StepEndCallback = Callable[[DiffusionPipeline, int, torch.Tensor, dict[str, Any]], dict[str, Any]] | (
-    PipelineCallback | MultiPipelineCallbacks
-)
+
+__all__ = ["FlowMatchingPipeline", "ship_code"]
 
 
-class FlowMatchingPipeline(DiffusionPipeline):
+class FlowMatchingPipeline(StepCallbackMixin, DiffusionPipeline):
     """Generate images with a velocity model and a flow-match scheduler (Euler or Heun), from Gaussian noise.
 
     The loop of Diffusers' Stable Diffusion 3 pipeline without its text encoders: start from ``noise`` at
@@ -41,6 +37,9 @@ class FlowMatchingPipeline(DiffusionPipeline):
             ``UNet2DModel`` or the coursework CNN.
         scheduler: ``FlowMatchEulerDiscreteScheduler`` (the trained one) or
             ``FlowMatchHeunDiscreteScheduler``.
+
+    A ``unet`` with ``num_class_embeds`` in its config is class-conditional: :meth:`__call__` takes
+    ``class_labels`` and ``guidance_scale`` (see :mod:`pipelines.guidance`).
     """
 
     model_cpu_offload_seq = "unet"
@@ -54,16 +53,6 @@ class FlowMatchingPipeline(DiffusionPipeline):
         self.image_processor = VaeImageProcessor(do_resize=False, do_convert_grayscale=True)
         self._num_timesteps = 0
         self._interrupt = False
-
-    @property
-    def num_timesteps(self) -> int:
-        """The number of network calls of the current or last run."""
-        return self._num_timesteps
-
-    @property
-    def interrupt(self) -> bool:
-        """Set ``pipeline._interrupt = True`` in a callback to skip the remaining steps of the run."""
-        return self._interrupt
 
     def check_inputs(
         self,
@@ -80,13 +69,7 @@ class FlowMatchingPipeline(DiffusionPipeline):
             raise ValueError(
                 f"output_type={output_type!r} is not supported; choose one of {', '.join(OUTPUT_TYPES)}"
             )
-        if callback_on_step_end_tensor_inputs is not None:
-            unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
-            if unknown:
-                raise ValueError(
-                    f"`callback_on_step_end_tensor_inputs` has to be in {self._callback_tensor_inputs}, but "
-                    f"found {unknown}"
-                )
+        self.check_callback_inputs(callback_on_step_end_tensor_inputs)
 
     def prepare_latents(
         self,
@@ -116,6 +99,8 @@ class FlowMatchingPipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: StepEndCallback | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        class_labels: ClassLabels | None = None,
+        guidance_scale: float = 1.0,
     ) -> ImagePipelineOutput | tuple:
         """Integrate the learned velocity from Gaussian noise (``s = 1``) to images (``s = 0``).
 
@@ -134,12 +119,20 @@ class FlowMatchingPipeline(DiffusionPipeline):
                 returns replaces the sample. A Diffusers ``PipelineCallback`` brings its own tensor inputs.
             callback_on_step_end_tensor_inputs: tensors the callback gets, from ``_callback_tensor_inputs``:
                 ``latents`` (the sample after the step, about ``[-1, 1]``) and ``pred_original_sample``.
+            class_labels: for a class-conditional ``unet``: the digit of every image (a list of
+                ``batch_size`` ints in ``0..9``) or one for all (an int); ``None`` samples unconditionally
+                (with the null label). An unconditional ``unet`` takes none.
+            guidance_scale: the classifier-free guidance weight ``w`` of ``uncond + w * (cond - uncond)``
+                on the velocity: 1 samples the conditional model as it is (one network call per step), 0
+                the unconditional one, above 1 guides more strongly towards the labels (one call on a
+                doubled batch). Other values than 1 need ``class_labels``.
 
         Returns:
             An ``ImagePipelineOutput``, or ``(images,)`` if not ``return_dict``.
 
         Raises:
-            ValueError: on a bad ``num_inference_steps``, ``output_type``, ``latents`` or callback input.
+            ValueError: on a bad ``num_inference_steps``, ``output_type``, ``latents`` or callback input,
+                bad ``class_labels`` or a bad ``guidance_scale``.
 
         Example:
             >>> import torch
@@ -161,30 +154,29 @@ class FlowMatchingPipeline(DiffusionPipeline):
             ... )
             >>> images = pipeline(batch_size=16, num_inference_steps=13).images  # doctest: +SKIP
         """
-        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
-            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        callback_on_step_end_tensor_inputs = self.callback_tensor_inputs(
+            callback_on_step_end, callback_on_step_end_tensor_inputs
+        )
         self.check_inputs(num_inference_steps, output_type, callback_on_step_end_tensor_inputs)
-        self._interrupt = False
         device = self._execution_device
+        guidance = ClassLabelGuidance.prepare(self, class_labels, guidance_scale, batch_size, device)
         latents = self.prepare_latents(batch_size, generator, device, latents)
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
-        self._num_timesteps = len(timesteps)
+        self.start_steps(len(timesteps))
         num_train_timesteps = self.scheduler.config.num_train_timesteps
         for i, t in enumerate(self.progress_bar(timesteps)):
             if self.interrupt:
                 continue
-            model_output = self.unet(latents, t.expand(latents.shape[0])).sample
+            model_output = guidance.predict(self.unet, latents, t.expand(latents.shape[0]))
             # The clean image this velocity points at: x_s - s v, with s = t / T.
             pred_original_sample = latents - (t / num_train_timesteps) * model_output
             latents = self.scheduler.step(model_output, t, latents, generator=generator, return_dict=False)[0]
-            if callback_on_step_end is not None:
-                callback_kwargs = {}
-                for k in callback_on_step_end_tensor_inputs:
-                    callback_kwargs[k] = locals()[k]
-                callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
-                latents = callback_outputs.pop("latents", latents)
+            latents = self.step_end(
+                callback_on_step_end, i, t, callback_on_step_end_tensor_inputs, latents,
+                pred_original_sample=pred_original_sample,
+            )  # fmt: skip
 
         images = self.image_processor.postprocess(latents.float(), output_type=output_type)
         self.maybe_free_model_hooks()
@@ -196,45 +188,3 @@ class FlowMatchingPipeline(DiffusionPipeline):
         """Save like any pipeline, plus the code of the pipeline and custom components (:func:`ship_code`)."""
         super().save_pretrained(save_directory, **kwargs)
         ship_code(self, save_directory)
-
-
-def ship_code(pipeline: DiffusionPipeline, folder: str | os.PathLike) -> None:
-    """Copy the code of ``pipeline``'s class and of its non-Diffusers components into a saved ``folder``.
-
-    The pipeline's module goes to the folder's root and ``_class_name`` becomes ``[module, class]``; each
-    custom component's module (with the sibling modules it imports relatively) goes to its subfolder, and its
-    ``model_index.json`` entry becomes ``[module, class]``. ``DiffusionPipeline.from_pretrained(folder,
-    trust_remote_code=True)`` then loads the folder without this project. Running it again changes nothing.
-
-    Example:
-        >>> from pipelines.flow_matching import ship_code
-        >>> pipeline.save_pretrained("outputs/flow")  # doctest: +SKIP
-        >>> ship_code(pipeline, "outputs/flow")  # what save_pretrained has just done  # doctest: +SKIP
-    """
-    index_file = os.path.join(folder, "model_index.json")
-    with open(index_file, encoding="utf-8") as file:
-        index = json.load(file)
-    for name, component in pipeline.components.items():
-        entry = index.get(name)
-        if component is None or not isinstance(entry, list) or _is_diffusers(type(component)):
-            continue
-        module = _copy_module_code(type(component), os.path.join(folder, name))
-        index[name] = [module, type(component).__name__]
-    index["_class_name"] = [_copy_module_code(type(pipeline), str(folder)), type(pipeline).__name__]
-    with open(index_file, "w", encoding="utf-8") as file:
-        json.dump(index, file, indent=2, sort_keys=True)
-        file.write("\n")
-
-
-def _is_diffusers(cls: type) -> bool:
-    return cls.__module__.split(".")[0] == "diffusers"
-
-
-def _copy_module_code(cls: type, target_folder: str) -> str:
-    """Copy the module defining ``cls`` and its relative imports into ``target_folder``; return its name."""
-    source = inspect.getsourcefile(cls)
-    for path in [source, *get_relative_import_files(source)]:
-        target = os.path.join(target_folder, os.path.basename(path))
-        if os.path.abspath(path) != os.path.abspath(target):
-            shutil.copyfile(path, target)
-    return os.path.splitext(os.path.basename(source))[0]

@@ -12,18 +12,22 @@ import models  # noqa: F401
 import schedulers  # noqa: F401
 
 from .cold_diffusion import ColdDiffusionPipeline, imported_class, load_imported_components, local_folder
+from .ddpm import DDPMCallbackPipeline
 from .flow_matching import FlowMatchingPipeline
 
 # The project's own pipeline classes, by the name a saved model_index.json gives them.
-PIPELINE_CLASSES = {cls.__name__: cls for cls in (ColdDiffusionPipeline, FlowMatchingPipeline)}
+PIPELINE_CLASSES = {
+    cls.__name__: cls for cls in (ColdDiffusionPipeline, DDPMCallbackPipeline, FlowMatchingPipeline)
+}
 
 
 def load_pipeline(path_or_repo: str | os.PathLike) -> DiffusionPipeline:
     """Load any pipeline this project saves, from a folder or a Hub repository, without ``trust_remote_code``.
 
     Handles a stock ``DDPMPipeline`` (a ``UNet2DModel`` or ``CourseworkCNN`` unet, before or after
-    :func:`~pipelines.make_portable`), a ``ColdDiffusionPipeline`` and a ``FlowMatchingPipeline``;
-    components are built from the installed classes, not from code saved in the folder.
+    :func:`~pipelines.make_portable`), a class-conditional Gaussian ``DDPMCallbackPipeline``, a
+    ``ColdDiffusionPipeline`` and a ``FlowMatchingPipeline``; components are built from the installed
+    classes, not from code saved in the folder.
 
     Raises:
         ValueError: if the folder is missing, is not a readable pipeline (a garbled ``model_index.json``, a

@@ -16,6 +16,8 @@ from torchvision.utils import make_grid, save_image
 from schedulers import forward_process
 from training.files import atomic_output
 
+from .guidance import ClassLabels, check_class_labels, check_guidance_scale
+
 
 @torch.inference_mode()
 def generate(
@@ -27,6 +29,8 @@ def generate(
     batch_size: int = 256,
     show_progress: bool = False,
     start_images: torch.Tensor | None = None,
+    class_labels: ClassLabels | None = None,
+    guidance_scale: float = 1.0,
 ) -> torch.Tensor:
     """Draw ``num_images`` samples as a float tensor ``(N, 1, H, W)`` in ``[0, 1]``.
 
@@ -44,15 +48,25 @@ def generate(
         start_images: for processes that restore: restore these ``(N, 1, H, W)`` images in ``[0, 1]``,
             degraded to ``t = T``, instead of sampling starts (a conditional start); ``num_images`` must be
             ``N``.
+        class_labels: for a class-conditional pipeline: one label for all images (an int) or one per image
+            (``num_images`` ints in ``0..9``); ``None`` samples unconditionally. See
+            :mod:`pipelines.guidance`.
+        guidance_scale: the classifier-free guidance weight (1: the conditional model as it is); other
+            values than 1 need ``class_labels``.
 
     Raises:
-        ValueError: if ``num_images`` < 1, or the sampler, step count or start images are not allowed.
+        ValueError: if ``num_images`` < 1, or the sampler, step count, start images, class labels or
+            guidance scale are not allowed.
 
     Example:
         >>> from pipelines import load_pipeline
         >>> from pipelines.sampling import generate, save_grid
         >>> pipeline = load_pipeline("outputs/quickstart")  # doctest: +SKIP
         >>> save_grid(generate(pipeline, 16, "dpmsolver", 25, seed=0), "samples.png")  # doctest: +SKIP
+        >>> # A class-conditional pipeline: the digits 0-9 twice, guided with w = 2.
+        >>> digits = generate(  # doctest: +SKIP
+        ...     pipeline, 20, class_labels=[i % 10 for i in range(20)], guidance_scale=2.0
+        ... )
     """
     if num_images < 1:
         raise ValueError(f"num_images={num_images} must be at least 1")
@@ -62,6 +76,8 @@ def generate(
             raise ValueError(f"start_images need a process that restores images; {process.name} does not")
         if len(start_images) != num_images:
             raise ValueError(f"{len(start_images)} start_images given for num_images={num_images}")
+    check_guidance_scale(guidance_scale, class_labels, pipeline)
+    labels = check_class_labels(class_labels, num_images, pipeline)
     sampler = sampler or process.default_sampler
     process.check_sampler(sampler, num_inference_steps)
     steps = num_inference_steps or process.default_steps(sampler)
@@ -72,6 +88,11 @@ def generate(
     for start in range(0, num_images, batch_size):
         count = min(batch_size, num_images - start)
         extra = {} if start_images is None else {"start_images": start_images[start : start + count]}
+        if labels is not None:
+            extra |= {
+                "class_labels": labels[start : start + count].tolist(),
+                "guidance_scale": guidance_scale,
+            }
         generator = generators[start : start + count]
         output = pipeline(
             batch_size=count, generator=generator, num_inference_steps=steps, output_type="np", **extra

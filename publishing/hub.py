@@ -26,6 +26,7 @@ from typing import Any
 import diffusers
 import torch
 import yaml
+from diffusers.utils.dynamic_modules_utils import get_relative_import_files
 from huggingface_hub import ModelCard, ModelCardData, create_repo, get_token, upload_folder
 from huggingface_hub import constants as hub_constants
 from huggingface_hub.utils import validate_repo_id
@@ -342,10 +343,13 @@ def stage_pipeline(
     staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}-partial-"))
     try:
         shutil.copy2(folder / "model_index.json", staging / "model_index.json")
-        # A custom pipeline class that save_pretrained already made portable: its module beside the index.
+        # A custom pipeline class that save_pretrained already made portable: its module beside the index,
+        # with the sibling modules it imports relatively (guidance.py, pipeline_utils.py).
         pipeline_module = index["_class_name"][0] if isinstance(index["_class_name"], list) else None
         if pipeline_module and (folder / f"{pipeline_module}.py").is_file():
-            shutil.copy2(folder / f"{pipeline_module}.py", staging / f"{pipeline_module}.py")
+            source = folder / f"{pipeline_module}.py"
+            for path in [source, *map(Path, get_relative_import_files(str(source)))]:
+                shutil.copy2(path, staging / path.name)
         for component in _components(index):
             _check_safetensors(folder / component)
             shutil.copytree(folder / component, staging / component, ignore=shutil.ignore_patterns("*.bin"))

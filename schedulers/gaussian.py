@@ -119,7 +119,16 @@ class GaussianProcess(ForwardProcess):
         return self.scheduler.add_noise(x0, noise.to(x0.device, x0.dtype), timesteps)
 
     def make_pipeline(self, unet: torch.nn.Module) -> DDPMPipeline:
-        """The stock ``DDPMPipeline`` that is saved (plain Diffusers loads the folder)."""
+        """The stock ``DDPMPipeline`` that is saved (plain Diffusers loads the folder).
+
+        A class-conditional ``unet`` (``num_class_embeds`` in its config) needs ``class_labels``, which the
+        stock pipeline does not take: it gets a :class:`~pipelines.ddpm.DDPMCallbackPipeline`, which saves
+        itself with its code (``trust_remote_code=True`` loads it).
+        """
+        if unet.config.get("num_class_embeds"):
+            from pipelines.ddpm import DDPMCallbackPipeline
+
+            return DDPMCallbackPipeline(unet=unet, scheduler=self.scheduler)
         return DDPMPipeline(unet=unet, scheduler=self.scheduler)
 
     def with_sampler(self, pipeline: DiffusionPipeline, sampler: str) -> DiffusionPipeline:

@@ -231,17 +231,28 @@ def test_the_saved_folder_is_portable(tiny_flow_folder):
     assert index["unet"] == ["coursework_cnn", "CourseworkCNN"]
     assert (tiny_flow_folder / "flow_matching.py").is_file()
     assert (tiny_flow_folder / "unet" / "coursework_cnn.py").is_file()
-    source = (tiny_flow_folder / "flow_matching.py").read_text()
-    imported = {
-        line.split()[1].split(".")[0] for line in source.splitlines() if line.startswith(("import ", "from "))
-    }
-    assert imported <= {
+
+    def imports(name: str) -> list[str]:
+        source = (tiny_flow_folder / f"{name}.py").read_text()
+        return [line.split()[1] for line in source.splitlines() if line.startswith(("import ", "from "))]
+
+    # The sibling modules it imports relatively are shipped beside it; Diffusers copies only the pipeline
+    # module's own relative imports into its module cache, so they import no further siblings.
+    siblings = [module[1:] for module in imports("flow_matching") if module.startswith(".")]
+    assert sorted(siblings) == ["guidance", "pipeline_utils"]
+    sibling_imports = [module for name in siblings for module in imports(name)]
+    assert not [module for module in sibling_imports if module.startswith(".")]
+    modules = [m for m in imports("flow_matching") + sibling_imports if not m.startswith(".")]
+    assert {module.split(".")[0] for module in modules} <= {
         "__future__",
+        "collections",
+        "dataclasses",
         "inspect",
         "json",
+        "math",
+        "numbers",
         "os",
         "shutil",
-        "collections",
         "typing",
         "torch",
         "diffusers",

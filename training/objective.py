@@ -8,6 +8,10 @@ that supports them:
 - min-SNR-gamma weighting (Hang et al., 2023): :func:`loss_weights`, passed to :func:`compute_loss`;
 - immiscible diffusion (Li et al., 2024): ``training_batch(..., immiscible=True)`` assigns the batch's noise
   to its images by linear assignment (:func:`assign_noise`) before the process noises them.
+
+Class-conditional training (classifier-free guidance, Ho & Salimans, 2022) also acts on every process: the
+network is called with ``class_labels`` (:func:`model_prediction`), of which :func:`drop_labels` replaces a
+fraction by the "no class" label.
 """
 
 from __future__ import annotations
@@ -64,6 +68,47 @@ def training_batch(
         x0, timesteps, generator=generator, noise=assign_noise(x0, noise)
     )
     return model_input, timesteps, target
+
+
+def drop_labels(
+    labels: torch.Tensor, probability: float, null_label: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``labels`` with each one replaced by ``null_label`` with probability ``probability`` (label dropout).
+
+    Classifier-free guidance (Ho & Salimans, 2022) trains one network for both predictions: the conditional
+    one on the labels kept, the unconditional one on the "no class" label.
+
+    Args:
+        labels: the batch's class labels ``(batch,)``.
+        probability: the dropout probability, in ``[0, 1)``.
+        null_label: the "no class" label (``num_class_embeds - 1``).
+        generator: drives the draw (on its own device), so that a resumed run draws the same.
+
+    Example:
+        >>> import torch
+        >>> from training.objective import drop_labels
+        >>> labels = torch.arange(10)
+        >>> drop_labels(labels, 0.0, 10).tolist() == labels.tolist()  # nothing dropped
+        True
+        >>> dropped = drop_labels(labels, 0.5, 10, torch.Generator().manual_seed(0))
+        >>> set(dropped.tolist()) <= set(range(11))
+        True
+    """
+    device = generator.device if generator is not None else labels.device
+    dropped = torch.rand(labels.shape, generator=generator, device=device) < probability
+    return torch.where(dropped.to(labels.device), torch.full_like(labels, null_label), labels)
+
+
+def model_prediction(
+    model: torch.nn.Module,
+    model_input: torch.Tensor,
+    timesteps: torch.Tensor,
+    class_labels: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The network's output for a batch: ``model(x_t, t).sample``, with ``class_labels=`` when given."""
+    if class_labels is None:
+        return model(model_input, timesteps).sample
+    return model(model_input, timesteps, class_labels=class_labels).sample
 
 
 def immiscible_refusal(process: ForwardProcess) -> str:
@@ -172,6 +217,7 @@ def held_out_losses(
     seed: int = 0,
     device: torch.device | str = "cpu",
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-image losses on ``uint8`` images, noise and timesteps fixed by ``seed`` (comparable across runs).
 
@@ -184,12 +230,16 @@ def held_out_losses(
         seed: seed of the noise and timestep draws.
         device: where the model runs.
         autocast: context manager factory for mixed precision (e.g. ``accelerator.autocast``).
+        labels: a class-conditional model's labels of ``images`` ``(N,)`` (the conditional loss; none
+            dropped); ``None`` for an unconditional model.
     """
     generator = torch.Generator(device=device).manual_seed(seed)
     losses = []
-    for batch in images.split(batch_size):
+    label_batches = labels.split(batch_size) if labels is not None else [None] * len(images.split(batch_size))
+    for batch, batch_labels in zip(images.split(batch_size), label_batches, strict=True):
         model_input, timesteps, target = training_batch(process, to_model_range(batch).to(device), generator)
+        class_labels = batch_labels.to(device) if batch_labels is not None else None
         with autocast():
-            prediction = model(model_input, timesteps).sample
+            prediction = model_prediction(model, model_input, timesteps, class_labels)
         losses.append(per_image_loss(prediction, target, kind))
     return torch.cat(losses)

@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from models import UNET_PRESETS, CourseworkCNN, unet_preset
+from pipelines.guidance import balanced_labels, null_class_label
 from pipelines.sampling import generate, save_grid
 from pipelines.saving import save_pipeline
 from schedulers import FORWARD_PROCESSES, PROCESS_TYPES, ForwardProcess, factory_options, forward_process
@@ -46,9 +47,11 @@ from training.data import MNIST, check_dataset_name, load_split, to_model_range,
 from training.files import write_text
 from training.objective import (
     compute_loss,
+    drop_labels,
     held_out_losses,
     immiscible_refusal,
     loss_weights,
+    model_prediction,
     snr_refusal,
     training_batch,
 )
@@ -68,6 +71,10 @@ SNAPSHOT_FILE = "snapshot.json"
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 # Flags kept out of training_config.yaml and the trackers: the config file itself, and a secret.
 NOT_RECORDED = ("config", "hub_token")
+# --class_conditional: the dataset's classes (the MNIST digits), and one more label, the last, for "no class".
+NUM_CLASSES = 10
+NUM_CLASS_EMBEDS = NUM_CLASSES + 1
+DEFAULT_LABEL_DROPOUT = 0.1
 
 
 def process_options(registry: Mapping[str, Any] = FORWARD_PROCESSES) -> dict[str, dict[str, Any]]:
@@ -217,6 +224,23 @@ def build_parser(registry: Mapping[str, Any] = FORWARD_PROCESSES) -> ArgumentPar
         help="Immiscible diffusion (Li et al., 2024): give each image of a batch the batch's Gaussian noise "
         "by linear assignment on pixel distances before noising; only for processes that draw Gaussian "
         "noise (refused for the others).",
+    )
+    conditioning = parser.add_argument_group("class-conditional generation (classifier-free guidance)")
+    conditioning.add_argument(
+        "--class_conditional",
+        action="store_true",
+        help=f"Condition the network on the digit (the dataset's label column): it gets num_class_embeds="
+        f"{NUM_CLASS_EMBEDS}, the digits 0-{NUM_CLASSES - 1} and the no-class label {NUM_CLASSES}, and the "
+        "saved pipeline takes class_labels and guidance_scale (classifier-free guidance, Ho & Salimans, "
+        "2022). Any forward process.",
+    )
+    conditioning.add_argument(
+        "--label_dropout",
+        type=float,
+        default=None,
+        help=f"With --class_conditional: the probability, in [0, 1), that a training example's label is "
+        f"replaced by the no-class label, which teaches the unconditional prediction that guidance needs "
+        f"(default {DEFAULT_LABEL_DROPOUT}).",
     )
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--train_batch_size", type=int, default=128)
@@ -413,6 +437,16 @@ def _validate(args: argparse.Namespace) -> None:
             raise ValueError(snr_refusal(process))
     if args.immiscible and not process.draws_gaussian_noise:
         raise ValueError(immiscible_refusal(process))
+    if args.label_dropout is not None:
+        if not args.class_conditional:
+            raise ValueError(
+                "--label_dropout drops class labels, which only a --class_conditional run has; add "
+                "--class_conditional or leave --label_dropout out"
+            )
+        if not 0 <= args.label_dropout < 1:
+            raise ValueError(f"--label_dropout must be in [0, 1), got {args.label_dropout}")
+    elif args.class_conditional:
+        args.label_dropout = DEFAULT_LABEL_DROPOUT
     check_mixed_precision(args.mixed_precision, args.allow_emulated_bf16)
     if args.checkpoint_minutes is not None and not all(m > 0 for m in args.checkpoint_minutes):
         raise ValueError(f"--checkpoint_minutes must all be positive, got {args.checkpoint_minutes}")
@@ -478,9 +512,10 @@ def make_process(args: argparse.Namespace) -> ForwardProcess:
 
 
 def make_model(args: argparse.Namespace, num_train_timesteps: int) -> torch.nn.Module:
-    """The denoising network named by ``--model``."""
+    """The denoising network named by ``--model``; with ``--class_conditional``, with class embeddings."""
+    num_class_embeds = NUM_CLASS_EMBEDS if args.class_conditional else None
     if args.model == "unet":
-        return unet_preset(args.unet_preset)
+        return unet_preset(args.unet_preset, num_class_embeds=num_class_embeds)
     return CourseworkCNN(
         n_hidden=tuple(args.n_hidden),
         kernel_size=args.kernel_size,
@@ -488,6 +523,7 @@ def make_model(args: argparse.Namespace, num_train_timesteps: int) -> torch.nn.M
         dropout=args.dropout,
         time_embedding_in_every_block=args.time_embedding_in_every_block,
         num_train_timesteps=num_train_timesteps,
+        num_class_embeds=num_class_embeds,
     )
 
 
@@ -615,10 +651,16 @@ class Trainer:
         # Each phase that takes more than a few seconds says so, with its duration when it is done.
         logger.info("Loading %s ...", args.dataset_name)
         began = time.perf_counter()
-        self.train_images = load_split(args.dataset_name, args.train_split, args.max_train_samples).images
-        self.validation_images = load_split(
-            args.dataset_name, args.validation_split, args.num_validation_images
-        ).images
+        train_split = load_split(args.dataset_name, args.train_split, args.max_train_samples)
+        validation_split = load_split(args.dataset_name, args.validation_split, args.num_validation_images)
+        self.train_images, self.validation_images = train_split.images, validation_split.images
+        # --class_conditional: the labels the network is conditioned on (None: an unconditional run).
+        self.train_labels = self.validation_labels = None
+        if args.class_conditional:
+            self.train_labels = check_labels(train_split.labels, args.dataset_name, args.train_split)
+            self.validation_labels = check_labels(
+                validation_split.labels, args.dataset_name, args.validation_split
+            )
         logger.info(
             "Loaded %d training and %d validation images in %.1f s",
             len(self.train_images), len(self.validation_images), time.perf_counter() - began,
@@ -649,8 +691,11 @@ class Trainer:
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=args.learning_rate, weight_decay=args.adam_weight_decay, foreach=True
         )
+        # A conditional run's batches also hold the labels: `(images,)` or `(images, labels)`.
+        labels = () if self.train_labels is None else (self.train_labels,)
+        columns = (self.train_images, *labels)
         dataloader = DataLoader(
-            TensorDataset(self.train_images), batch_size=args.train_batch_size, shuffle=True, drop_last=True
+            TensorDataset(*columns), batch_size=args.train_batch_size, shuffle=True, drop_last=True
         )
         self.steps_per_epoch = len(dataloader) // accelerator.num_processes
         self.max_train_steps = args.max_train_steps or args.num_epochs * self.steps_per_epoch
@@ -669,6 +714,8 @@ class Trainer:
             )
         # Built from the prepared model, whose weights are rank 0's on every process: one EMA everywhere.
         unwrapped = accelerator.unwrap_model(self.model)
+        # The label that --label_dropout puts in place of the digit (None: an unconditional model).
+        self.null_label = null_class_label(unwrapped)
         self.ema_model = (
             EMAModel(unwrapped.parameters(), decay=args.ema_max_decay, use_ema_warmup=True)
             if args.use_ema
@@ -787,13 +834,19 @@ class Trainer:
             time.perf_counter(),
         )
         tick = time.perf_counter()
-        for (images,) in batches:
+        for images, *labels in batches:
             model_input, timesteps, target = training_batch(
                 self.process, to_model_range(images), self.noise_generator, args.immiscible
             )
+            # Label dropout draws from the training generator too, so a resumed run drops the same labels.
+            class_labels = (
+                drop_labels(labels[0], args.label_dropout, self.null_label, self.noise_generator)
+                if labels
+                else None
+            )
             model_input = model_input.contiguous(memory_format=self.memory_format)
             with accelerator.autocast():
-                prediction = model(model_input, timesteps).sample
+                prediction = model_prediction(model, model_input, timesteps, class_labels)
             loss = compute_loss(
                 prediction, target, args.loss, loss_weights(self.process, timesteps, args.snr_gamma)
             )
@@ -913,7 +966,7 @@ class Trainer:
         args = self.args
         losses = held_out_losses(
             self.model, self.process, self.validation_images, args.loss, args.eval_batch_size, args.seed,
-            self.accelerator.device, self.accelerator.autocast,
+            self.accelerator.device, self.accelerator.autocast, labels=self.validation_labels,
         )  # fmt: skip
         return losses.mean().item()
 
@@ -933,9 +986,11 @@ class Trainer:
             logger.info("Computed the reference features in %.1f s", time.perf_counter() - began)
         args = self.args
         logger.info("Sampling %d images for FID, KID and IS ...", args.eval_num_images)
+        # A conditional model is scored on every digit alike (its guidance scale 1: the model as trained).
         samples = generate(
             pipeline, args.eval_num_images, args.sampler, args.sample_inference_steps, args.seed,
             show_progress=True,  # called on the main process only
+            class_labels=balanced_labels(pipeline, args.eval_num_images),
         )  # fmt: skip
         return self.evaluator.evaluate(samples).metrics
 
@@ -960,10 +1015,32 @@ class Trainer:
 
 
 def save_sample_grid(pipeline, args, path: Path) -> None:
-    """Sample ``--num_sample_images`` with a fixed seed and save them as one PNG grid (main process)."""
-    steps, seed = args.sample_inference_steps, args.seed
-    images = generate(pipeline, args.num_sample_images, args.sampler, steps, seed, show_progress=True)
+    """Sample ``--num_sample_images`` with a fixed seed and save them as one PNG grid (main process).
+
+    A class-conditional model draws the digits in turn (0, 1, ..., 9, 0, ...).
+    """
+    steps, seed, count = args.sample_inference_steps, args.seed, args.num_sample_images
+    images = generate(
+        pipeline, count, args.sampler, steps, seed, show_progress=True,
+        class_labels=balanced_labels(pipeline, count),
+    )  # fmt: skip
     save_grid(images, path)
+
+
+def check_labels(labels: torch.Tensor, dataset_name: str, split: str) -> torch.Tensor:
+    """The labels of a ``--class_conditional`` run (int64), checked to be the digits ``0 .. NUM_CLASSES - 1``.
+
+    Raises:
+        ValueError: naming the split and the labels outside that range.
+    """
+    labels = labels.long()
+    outside = labels[(labels < 0) | (labels >= NUM_CLASSES)]
+    if len(outside):
+        raise ValueError(
+            f"--class_conditional needs labels 0..{NUM_CLASSES - 1}, but dataset {dataset_name!r} split "
+            f"{split!r} has label(s) {sorted(set(outside.tolist()))[:5]}"
+        )
+    return labels
 
 
 def train(args: argparse.Namespace) -> torch.nn.Module:
