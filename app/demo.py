@@ -1,10 +1,11 @@
 """The Gradio demo: sample the project's saved pipelines, watch their reverse process, restore a digit.
 
 ``scripts/demo.py`` is the command-line front end. Like sampling and evaluation, the demo starts from saved
-pipeline folders (or Hub ids) loaded with :func:`pipelines.load_pipeline`, and asks each pipeline's forward
-process (:func:`schedulers.forward_process`) for its samplers, step counts, degradation and whether it
-restores images. It samples as :func:`pipelines.sampling.generate` does (the same seed gives the same
-images) and records the reverse process with the pipelines' ``callback_on_step_end``.
+pipeline folders (or Hub ids) loaded with :func:`mnist_diffusion.pipelines.load_pipeline`, and asks each
+pipeline's forward process (:func:`mnist_diffusion.schedulers.forward_process`) for its samplers, step counts,
+degradation and whether it restores images. It samples as :func:`mnist_diffusion.pipelines.sampling.generate`
+does (the same seed gives the same images) and records the reverse process with the pipelines'
+``callback_on_step_end``.
 
 One request cannot hold the demo: the models are those offered at start-up (unless ``allow_any_model``), each
 request has a budget of images x network calls and a time limit (:class:`Limits`), the queue is bounded, and
@@ -30,10 +31,10 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
-from pipelines import load_pipeline
-from pipelines.sampling import image_generators, image_grid
-from schedulers import ForwardProcess, forward_process
-from training.data import LOCAL_MNIST, load_split, to_model_range, to_unit_range
+from mnist_diffusion.pipelines import load_pipeline
+from mnist_diffusion.pipelines.sampling import image_generators, image_grid
+from mnist_diffusion.schedulers import ForwardProcess, forward_process
+from mnist_diffusion.training.data import LOCAL_MNIST, load_split, to_model_range, to_unit_range
 
 logger = logging.getLogger(__name__)
 
@@ -290,7 +291,8 @@ def run_pipeline(
     control: RunControl | None = None,
     **call_kwargs,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Run ``pipeline`` with ``sampler`` as :func:`~pipelines.sampling.generate` does, recording each step.
+    """Run ``pipeline`` with ``sampler`` as :func:`~mnist_diffusion.pipelines.sampling.generate` does,
+    recording each step.
 
     Args:
         pipeline: a trained pipeline of the project.

@@ -3,14 +3,14 @@
 Every number is measured in one process on the current machine, so the ratios between rows are what
 matters; the absolute rates depend on the CPU and on what else it is running.
 
-- Training: the project's real step (:class:`training.train.Trainer`, with its speed options) against a
-  deliberately plain copy of the classic notebook loop (PIL images decoded per item by a ``DataLoader``,
-  fp32, eager, NCHW, ``loss.item()`` every step) over the same network and the same DDPM objective,
-  alternating timed windows after a warm-up. Each loop's arithmetic rate is set against this CPU's
+- Training: the project's real step (:class:`mnist_diffusion.training.train.Trainer`, with its speed options)
+  against a deliberately plain copy of the classic notebook loop (PIL images decoded per item by a
+  ``DataLoader``, fp32, eager, NCHW, ``loss.item()`` every step) over the same network and the same DDPM
+  objective, alternating timed windows after a warm-up. Each loop's arithmetic rate is set against this CPU's
   measured fp32 matrix-product rate, the ceiling of any loop that computes the same convolutions directly.
 - Sampling: images/s and FID of one trained Gaussian pipeline under DDPM, DDIM and DPM-Solver++.
 - Quality per CPU-minute: FID after training each network for a fixed wall-clock budget (the training
-  recipes' curves are :mod:`evaluation.quality`, ``--section quality``).
+  recipes' curves are :mod:`mnist_diffusion.evaluation.quality`, ``--section quality``).
 """
 
 from __future__ import annotations
@@ -34,14 +34,21 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
-from evaluation.metrics import SampleQuality
-from pipelines import load_pipeline
-from pipelines.sampling import generate
-from schedulers import ForwardProcess, forward_process
-from training.data import to_model_range, uint8_to_unit_range
-from training.files import write_text
-from training.objective import compute_loss, held_out_losses, training_batch
-from training.train import Trainer, cpu_has_native_bf16, make_model, make_process, parse_args, train
+from mnist_diffusion.evaluation.metrics import SampleQuality
+from mnist_diffusion.pipelines import load_pipeline
+from mnist_diffusion.pipelines.sampling import generate
+from mnist_diffusion.schedulers import ForwardProcess, forward_process
+from mnist_diffusion.training.data import to_model_range, uint8_to_unit_range
+from mnist_diffusion.training.files import write_text
+from mnist_diffusion.training.objective import compute_loss, held_out_losses, training_batch
+from mnist_diffusion.training.train import (
+    Trainer,
+    cpu_has_native_bf16,
+    make_model,
+    make_process,
+    parse_args,
+    train,
+)
 
 SAMPLERS: tuple[tuple[str, int], ...] = (
     ("ddpm", 1000),
@@ -139,8 +146,8 @@ class ResultsFile:
 def cpu_supports_bf16() -> bool:
     """Whether this CPU has native bf16 arithmetic (AVX-512 BF16 or AMX); elsewhere bf16 is emulated.
 
-    The trainer's own check (:func:`training.train.cpu_has_native_bf16`), which refuses ``--mixed_precision
-    bf16`` where it is false.
+    The trainer's own check (:func:`mnist_diffusion.training.train.cpu_has_native_bf16`), which refuses
+    ``--mixed_precision bf16`` where it is false.
     """
     return cpu_has_native_bf16()
 
@@ -206,7 +213,8 @@ class ClassicMNIST(Dataset):
     """The classic notebook's dataset: one PIL image decoded and transformed per item, as torchvision's MNIST.
 
     Normalised to ``[-1, 1]`` (the notebook used ``Normalize((0.5,), (1.0,))``) so that its loss is
-    comparable with the project's, which scales pixels with :func:`training.data.to_model_range`.
+    comparable with the project's, which scales pixels with
+    :func:`mnist_diffusion.training.data.to_model_range`.
     """
 
     def __init__(self, dataset_name: str, split: str, limit: int | None = None):
@@ -271,7 +279,8 @@ class ReferenceLoop:
 
 
 class ProjectLoop:
-    """The project's training step: a :class:`~training.train.Trainer` driven a few steps at a time.
+    """The project's training step: a :class:`~mnist_diffusion.training.train.Trainer` driven a few steps at a
+    time.
 
     Args:
         argv: train.py flags; the Trainer's own logging reads the loss once per call of :meth:`run`.
@@ -506,7 +515,8 @@ def _quality_fields(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def train_steps(argv: list[str], steps: int) -> dict[str, Any]:
-    """Train with the real Trainer (``training.train.train``) for ``steps`` optimisation steps.
+    """Train with the real Trainer (``mnist_diffusion.training.train.train``) for ``steps`` optimisation
+    steps.
 
     Returns:
         The step count, the wall-clock seconds of the whole run (data loading, validation and saving
@@ -557,10 +567,11 @@ def markdown_report(results: dict[str, Any]) -> str:
         "## Training throughput",
         "",
         "Reference: the classic notebook loop (PIL DataLoader, fp32, eager, NCHW, `loss.item()` every step).",
-        "Ours: `training.train.Trainer` with the flags shown. Median of the timed windows, alternating",
-        "between the loops after a warm-up; held-out loss (fixed noise) after the same number of steps from",
-        "the same initial weights, both with the notebook's update (Adam, no gradient clipping). Peak RSS is",
-        "the whole process after that loop's warm-up (a high-water mark: it only grows down the table).",
+        "Ours: `mnist_diffusion.training.train.Trainer` with the flags shown. Median of the timed windows,",
+        "alternating between the loops after a warm-up; held-out loss (fixed noise) after the same number",
+        "of steps from the same initial weights, both with the notebook's update (Adam, no gradient",
+        "clipping). Peak RSS is the whole process after that loop's warm-up (a high-water mark: it only",
+        "grows down the table).",
         "GFLOP/s: images/s times the network's training FLOPs per image (torch's FLOP counter).",
         "",
         "| model | loop | flags | images/s | × reference | GFLOP/s | held-out loss | peak RSS (MiB) |",

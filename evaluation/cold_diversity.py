@@ -3,9 +3,9 @@
 Each variant of the study is a forward process with some of its options. Every variant trains the same network
 for the same number of steps (the report's budget: the coursework CNN, 936 steps of 128 images), samples
 ``num_images`` images from its start distribution with each of its process's samplers (the Gaussian baseline
-with its default sampler only), and is scored by :class:`evaluation.metrics.SampleQuality` (FID and its floor,
-KID, the Inception-style score, class entropy) and by ``pixel_diversity``, the RMS pixel distance between two
-samples averaged over all pairs (0 when every sample is the same image). The variants
+with its default sampler only), and is scored by :class:`mnist_diffusion.evaluation.metrics.SampleQuality`
+(FID and its floor, KID, the Inception-style score, class entropy) and by ``pixel_diversity``, the RMS pixel
+distance between two samples averaged over all pairs (0 when every sample is the same image). The variants
 (:func:`study_variants`):
 
 - ``gaussian``: the baseline;
@@ -20,7 +20,7 @@ The results are written after every scored row, so a killed study resumes where 
 from its last checkpoint and scored rows are kept.
 
 Example:
-    >>> from evaluation.cold_diversity import study_variants
+    >>> from mnist_diffusion.evaluation.cold_diversity import study_variants
     >>> names = [variant.name for variant in study_variants(0.01, 0.013)]
     >>> names[:3]
     ['gaussian', 'impulse', 'impulse+noise']
@@ -44,8 +44,8 @@ from typing import Any
 
 import torch
 
-from schedulers import FORWARD_PROCESSES, factory_options, forward_process
-from training.files import write_text
+from mnist_diffusion.schedulers import FORWARD_PROCESSES, factory_options, forward_process
+from mnist_diffusion.training.files import write_text
 
 BASELINE = "gaussian"
 NOISE_INJECTION = ("train_noise", "sample_noise")
@@ -61,7 +61,8 @@ class Variant:
 
     Attributes:
         name: the row label (``blur``, ``blur+noise``, ``mask[fill=noise]``).
-        degradation: the process's name in ``schedulers.FORWARD_PROCESSES`` (``--degradation``).
+        degradation: the process's name in ``mnist_diffusion.schedulers.FORWARD_PROCESSES``
+            (``--degradation``).
         options: the process's options (``train.py`` flags without dashes).
         samplers: the samplers scored; ``None``: every sampler of the process.
     """
@@ -135,7 +136,8 @@ def quick_settings(dataset_name: str, **overrides: Any) -> StudySettings:
     """Smoke-run settings on a small synthetic dataset (which also stands in for Fashion-MNIST).
 
     Args:
-        dataset_name: the synthetic dataset folder (see :func:`training.data.write_synthetic_mnist`).
+        dataset_name: the synthetic dataset folder (see
+            :func:`mnist_diffusion.training.data.write_synthetic_mnist`).
         **overrides: other :class:`StudySettings` fields.
     """
     values = {
@@ -170,7 +172,8 @@ def study_variants(
     Args:
         train_noise: ``train_noise`` of the ``+noise`` variants.
         sample_noise: ``sample_noise`` of the ``+noise`` variants.
-        registry: the processes (``schedulers.FORWARD_PROCESSES``); ``gaussian`` is the baseline.
+        registry: the processes (``mnist_diffusion.schedulers.FORWARD_PROCESSES``); ``gaussian`` is the
+            baseline.
     """
     baseline = forward_process(registry[BASELINE]())
     variants = [Variant(BASELINE, BASELINE, {}, (baseline.default_sampler,))]
@@ -304,7 +307,7 @@ class Study:
         self._quality = None
 
     def _process(self, variant: Variant):
-        from training.train import make_process, parse_args
+        from mnist_diffusion.training.train import make_process, parse_args
 
         process = make_process(parse_args(train_flags(variant, self.settings, self.work_dir / "check")))
         for sampler in variant.samplers or process.samplers:
@@ -340,8 +343,8 @@ class Study:
     def quality(self):
         """The evaluator, with the test split's features computed once (built on first use)."""
         if self._quality is None:
-            from evaluation.metrics import SampleQuality
-            from training.data import load_split, uint8_to_unit_range
+            from mnist_diffusion.evaluation.metrics import SampleQuality
+            from mnist_diffusion.training.data import load_split, uint8_to_unit_range
 
             test = load_split(self.settings.dataset_name, "test")
             train = load_split(self.settings.dataset_name, "train")
@@ -373,8 +376,8 @@ class Study:
         """Train ``variant`` (resuming), unless its pipeline is already saved; returns the loaded pipeline."""
         from accelerate.state import AcceleratorState
 
-        from pipelines import load_pipeline
-        from training.train import parse_args, train
+        from mnist_diffusion.pipelines import load_pipeline
+        from mnist_diffusion.training.train import parse_args, train
 
         folder = self.work_dir / variant.folder_name
         if not (folder / "model_index.json").is_file():
@@ -397,7 +400,7 @@ class Study:
 
     def score(self, variant: Variant, pipeline, sampler: str) -> dict[str, Any]:
         """Sample ``num_images`` with ``sampler`` and score them."""
-        from pipelines.sampling import generate, save_grid
+        from mnist_diffusion.pipelines.sampling import generate, save_grid
 
         settings = self.settings
         steps = sampler_steps(self.processes[variant.name], sampler, settings)

@@ -2,7 +2,7 @@
 
 The teacher is a trained Gaussian or flow-matching pipeline (trained first with ``training/train.py`` from a
 recipe when its folder holds no pipeline yet); ``training/distill.py`` distils it into students of 8, 4, 2 and
-1 steps (:mod:`training.distill`). Every model and sampler of the table is then scored as
+1 steps (:mod:`mnist_diffusion.training.distill`). Every model and sampler of the table is then scored as
 ``scripts/evaluate.py`` scores one: FID on the MNIST classifier's features of ``num_images`` samples against
 the test split, with its floor (as many real training images), KID, the Inception-style score and the
 normalised entropy of the predicted classes, plus the sampling speed (images/s, the network calls per image
@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evaluation.benchmark import ResultsFile, reset_accelerate_state
-from pipelines import load_pipeline
-from pipelines.sampling import generate
-from schedulers import forward_process
-from training import distill
-from training import train as trainer
-from training.files import write_text
+from mnist_diffusion.evaluation.benchmark import ResultsFile, reset_accelerate_state
+from mnist_diffusion.pipelines import load_pipeline
+from mnist_diffusion.pipelines.sampling import generate
+from mnist_diffusion.schedulers import forward_process
+from mnist_diffusion.training import distill
+from mnist_diffusion.training import train as trainer
+from mnist_diffusion.training.files import write_text
 
 SCHEMA_VERSION = 1
 # The teacher's samplers, per process: its full sampler first, then its fast one at fewer steps. A process not
@@ -78,7 +78,7 @@ class FewStepPlan:
 
     Example:
         >>> from pathlib import Path
-        >>> from evaluation.fewstep import FewStepPlan
+        >>> from mnist_diffusion.evaluation.fewstep import FewStepPlan
         >>> plan = FewStepPlan("flow", Path("outputs/fast_cpu_flow"), Path("distill_flow.yaml"), Path("w"))
         >>> plan.distill_argv()[:4]
         ['--config', 'distill_flow.yaml', '--teacher', 'outputs/fast_cpu_flow']
@@ -222,7 +222,8 @@ def score(pipeline, sampler: str, steps: int, quality, num_images: int, seed: in
         pipeline: a trained pipeline.
         sampler: a sampler of its process.
         steps: the sampler's steps.
-        quality: a :class:`~evaluation.metrics.SampleQuality` (test split reference, training split floor).
+        quality: a :class:`~mnist_diffusion.evaluation.metrics.SampleQuality` (test split reference, training
+            split floor).
         num_images: samples to draw.
         seed: seed of the samples.
     """
@@ -250,17 +251,17 @@ def run_fewstep(plan: FewStepPlan, results: Results, quality) -> dict[str, Any]:
     Args:
         plan: the teacher, the distillation and the sampling settings.
         results: the results file (possibly holding an earlier, interrupted run's rows).
-        quality: a :class:`~evaluation.metrics.SampleQuality` against the test split, with the training split
-            for the floor.
+        quality: a :class:`~mnist_diffusion.evaluation.metrics.SampleQuality` against the test split, with the
+            training split for the floor.
 
     Returns:
         The results (also written to ``results.path``).
 
     Example:
         >>> from pathlib import Path
-        >>> from evaluation.fewstep import FewStepPlan, Results, run_fewstep, write_report
-        >>> from evaluation.metrics import SampleQuality
-        >>> from training.data import load_split
+        >>> from mnist_diffusion.evaluation.fewstep import FewStepPlan, Results, run_fewstep, write_report
+        >>> from mnist_diffusion.evaluation.metrics import SampleQuality
+        >>> from mnist_diffusion.training.data import load_split
         >>> plan = FewStepPlan("flow", Path("outputs/fast_cpu_flow"),
         ...                    Path("training/configs/distill_flow.yaml"), Path("outputs/fewstep/flow"))
         >>> results = Results.open(Path("benchmarks/fewstep_flow.json"), plan, "a note")  # doctest: +SKIP

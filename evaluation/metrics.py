@@ -1,8 +1,8 @@
 """Sample-quality metrics for MNIST-sized images, built on torchmetrics and the shipped MNIST classifier.
 
 Samples are float tensors of shape ``(N, 1, 28, 28)`` in ``[0, 1]`` (the range of saved images; see
-:mod:`training.data`); real image sets may also be given as an :class:`~training.data.ImageSplit`. Bad
-input raises ``ValueError``.
+:mod:`mnist_diffusion.training.data`); real image sets may also be given as an
+:class:`~mnist_diffusion.training.data.ImageSplit`. Bad input raises ``ValueError``.
 """
 
 from __future__ import annotations
@@ -22,9 +22,13 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.inception import InceptionScore
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from models.mnist_classifier import MNISTClassifier, MNISTClassifierOutput, load_mnist_classifier
-from schedulers import ForwardProcess, forward_process
-from training.data import ImageSplit, to_model_range, to_unit_range, uint8_to_unit_range
+from mnist_diffusion.models.mnist_classifier import (
+    MNISTClassifier,
+    MNISTClassifierOutput,
+    load_mnist_classifier,
+)
+from mnist_diffusion.schedulers import ForwardProcess, forward_process
+from mnist_diffusion.training.data import ImageSplit, to_model_range, to_unit_range, uint8_to_unit_range
 
 FEATURE_NETWORKS = ("mnist", "inception")
 
@@ -150,7 +154,8 @@ class SampleQuality:
 
     Args:
         reference: the real images FID and KID compare against (usually the MNIST test split), as an
-            :class:`~training.data.ImageSplit` or a float tensor ``(N, 1, 28, 28)`` in ``[0, 1]``.
+            :class:`~mnist_diffusion.training.data.ImageSplit` or a float tensor ``(N, 1, 28, 28)`` in
+            ``[0, 1]``.
         floor_reference: real images (usually the training split) from which ``N`` are drawn to report
             ``fid_floor``, the FID that real images reach against ``reference`` at the same ``N``.
         features: ``mnist`` (the shipped classifier's penultimate features) or ``inception``
@@ -341,7 +346,7 @@ def forward_process_normality(
 
     Args:
         process: a forward process, or a trained pipeline or scheduler of one (see
-            :func:`schedulers.forward_process`).
+            :func:`mnist_diffusion.schedulers.forward_process`).
         reference: real images ``x_0`` (e.g. the MNIST test split); the first ``num_images`` are used.
         num_images: how many images' pixels enter each test.
         seed: seed of the draws.

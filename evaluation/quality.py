@@ -1,9 +1,9 @@
 """Quality per CPU-minute: the FID that each training recipe reaches after 2.5 to 30 minutes of training.
 
 A recipe is a ``train.py`` YAML config (``training/configs/``). One recipe at a time, on one machine, the real
-:class:`~training.train.Trainer` trains it with ``--checkpoint_minutes`` (a pipeline saved after 2.5, 5, 10,
-20 and 30 minutes of training-loop time: the steps and their data loading, not validation, sampling or
-saving) and ``--max_train_minutes`` (the last mark). Then every saved pipeline is scored as
+:class:`~mnist_diffusion.training.train.Trainer` trains it with ``--checkpoint_minutes`` (a pipeline saved
+after 2.5, 5, 10, 20 and 30 minutes of training-loop time: the steps and their data loading, not validation,
+sampling or saving) and ``--max_train_minutes`` (the last mark). Then every saved pipeline is scored as
 ``scripts/evaluate.py`` scores one: FID on the MNIST classifier's features of ``num_images`` samples against
 the test split, with its floor (as many real training images), KID, the Inception-style score and the
 normalised entropy of the predicted classes, sampled with the recipe's own sampler (its config's ``sampler``
@@ -28,12 +28,12 @@ import yaml
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from evaluation.benchmark import ResultsFile, reset_accelerate_state
-from pipelines import load_pipeline
-from pipelines.sampling import generate
-from schedulers import forward_process
-from training.files import atomic_output, write_text
-from training.train import MINUTES_PREFIX, SNAPSHOT_FILE, parse_args, train
+from mnist_diffusion.evaluation.benchmark import ResultsFile, reset_accelerate_state
+from mnist_diffusion.pipelines import load_pipeline
+from mnist_diffusion.pipelines.sampling import generate
+from mnist_diffusion.schedulers import forward_process
+from mnist_diffusion.training.files import atomic_output, write_text
+from mnist_diffusion.training.train import MINUTES_PREFIX, SNAPSHOT_FILE, parse_args, train
 
 SCHEMA_VERSION = 1
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
@@ -75,7 +75,7 @@ class QualityPlan:
         quick: a smoke run (synthetic data, seconds of training); recorded in the results.
 
     Example:
-        >>> from evaluation.quality import RECIPES, QualityPlan
+        >>> from mnist_diffusion.evaluation.quality import RECIPES, QualityPlan
         >>> plan = QualityPlan(recipes={"flow": RECIPES["flow"]}, minutes=(2.5, 5.0))
         >>> plan.train_argv("flow")[4:]
         ['--checkpoint_minutes', '2.5', '5', '--max_train_minutes=5', '--resume_from_checkpoint=latest']
@@ -229,7 +229,8 @@ def score_pipeline(folder: Path, sampler: str, steps: int, quality, num_images: 
         folder: a saved pipeline.
         sampler: a sampler of its process.
         steps: the sampler's steps.
-        quality: a :class:`~evaluation.metrics.SampleQuality` (test split reference, training split floor).
+        quality: a :class:`~mnist_diffusion.evaluation.metrics.SampleQuality` (test split reference, training
+            split floor).
         num_images: samples to draw.
         seed: seed of the samples.
     """
@@ -247,17 +248,19 @@ def run_quality(plan: QualityPlan, results: Results, quality) -> dict[str, Any]:
     Args:
         plan: the recipes, minutes and sampling settings.
         results: the results file (possibly holding an earlier, interrupted run's scores).
-        quality: a :class:`~evaluation.metrics.SampleQuality` against the test split, with the training split
-            for the floor.
+        quality: a :class:`~mnist_diffusion.evaluation.metrics.SampleQuality` against the test split, with the
+            training split for the floor.
 
     Returns:
         The results (also written to ``results.path``).
 
     Example:
         >>> from pathlib import Path
-        >>> from evaluation.metrics import SampleQuality
-        >>> from evaluation.quality import RECIPES, QualityPlan, Results, run_quality, write_report
-        >>> from training.data import load_split
+        >>> from mnist_diffusion.evaluation.metrics import SampleQuality
+        >>> from mnist_diffusion.evaluation.quality import (
+        ...     RECIPES, QualityPlan, Results, run_quality, write_report
+        ... )
+        >>> from mnist_diffusion.training.data import load_split
         >>> plan = QualityPlan(recipes=dict(RECIPES), dataset_name="../shared/data/mnist")
         >>> out = Path("benchmarks")
         >>> results = Results.open(out / "quality_per_minute.json", plan, "a note")  # doctest: +SKIP

@@ -14,6 +14,7 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -118,7 +119,7 @@ class ColdDiffusionPipeline(StepCallbackMixin, DiffusionPipeline):
         scheduler: a ``ColdDiffusionScheduler`` (``degrade``, ``set_timesteps``, ``step``, ``prior_sample``).
 
     A ``unet`` with ``num_class_embeds`` in its config is class-conditional: :meth:`__call__` takes
-    ``class_labels`` and ``guidance_scale`` (see :mod:`pipelines.guidance`).
+    ``class_labels`` and ``guidance_scale`` (see :mod:`mnist_diffusion.pipelines.guidance`).
     """
 
     model_cpu_offload_seq = "unet"
@@ -323,7 +324,8 @@ class ColdDiffusionPipeline(StepCallbackMixin, DiffusionPipeline):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> DiffusionPipeline:
         """Load a saved pipeline with the component classes already imported (no ``trust_remote_code``).
 
-        Import the packages that define the components first (this project's ``models`` and ``schedulers``).
+        Import the packages that define the components first (this project's ``mnist_diffusion.models`` and
+        ``mnist_diffusion.schedulers``).
         With ``trust_remote_code=True`` the code saved in the folder is used instead, as by
         ``DiffusionPipeline.from_pretrained``.
         """
@@ -419,7 +421,7 @@ def imported_class(class_name: str) -> type:
     if not candidates:
         raise ValueError(
             f"component class {class_name!r} is not imported; import the package that defines it (for this "
-            "project: `import models, schedulers`) or load with trust_remote_code=True"
+            "project: `from mnist_diffusion import models, schedulers`) or load with trust_remote_code=True"
         )
     return min(candidates, key=lambda c: c.__module__.startswith("diffusers_modules"))
 
@@ -450,7 +452,7 @@ def make_portable(folder: str | os.PathLike) -> None:
         library, class_name = entry
         if library in LOADABLE_CLASSES or os.path.isfile(os.path.join(folder, name, f"{library}.py")):
             continue
-        component_class = getattr(importlib.import_module(library), class_name)
+        component_class = getattr(_import_library(library), class_name)
         index[name] = [copy_module_code(component_class, os.path.join(folder, name)), class_name]
     if index["_class_name"] == ColdDiffusionPipeline.__name__:
         index["_class_name"] = [
@@ -460,3 +462,23 @@ def make_portable(folder: str | os.PathLike) -> None:
     with open(index_file, "w", encoding="utf-8") as file:
         json.dump(index, file, indent=2, sort_keys=True)
         file.write("\n")
+
+
+# The top-level names this project's packages had before they became ``mnist_diffusion.*``: a folder saved
+# then with a plain ``save_pretrained`` names its custom components' modules by them (the library
+# models.coursework_cnn for a CourseworkCNN).
+_LEGACY_PACKAGES = ("models", "schedulers", "pipelines", "training", "evaluation", "publishing", "app")
+
+
+def _import_library(library: str) -> Any:
+    """The module that a ``model_index.json`` entry names; a pre-rename ``models.x`` is read as
+    ``mnist_diffusion.models.x``, before any unrelated top-level ``models`` could be picked up.
+    """
+    if library.split(".")[0] in _LEGACY_PACKAGES:
+        renamed = f"mnist_diffusion.{library}"
+        try:
+            return importlib.import_module(renamed)
+        except ModuleNotFoundError as error:  # only a missing renamed module falls back, not its imports
+            if error.name is None or not (renamed + ".").startswith(error.name + "."):
+                raise
+    return importlib.import_module(library)

@@ -30,7 +30,8 @@ class DDPMCallbackPipeline(StepCallbackMixin, DDPMPipeline):
 
     Args:
         unet: the noise (or ``x0``, or velocity) prediction network, as in ``DDPMPipeline``; with
-            ``num_class_embeds`` in its config, a class-conditional one (see :mod:`pipelines.guidance`).
+            ``num_class_embeds`` in its config, a class-conditional one (see
+            :mod:`mnist_diffusion.pipelines.guidance`).
         scheduler: a Diffusers scheduler built from the trained ``DDPMScheduler`` (DDPM, DDIM, DPM-Solver++).
     """
 
@@ -90,8 +91,8 @@ class DDPMCallbackPipeline(StepCallbackMixin, DDPMPipeline):
 
         Example:
             >>> import torch
-            >>> from pipelines import load_pipeline
-            >>> from schedulers import forward_process
+            >>> from mnist_diffusion.pipelines import load_pipeline
+            >>> from mnist_diffusion.schedulers import forward_process
             >>> saved = load_pipeline("outputs/quickstart")  # doctest: +SKIP
             >>> process = forward_process(saved)  # doctest: +SKIP
             >>> pipeline = process.with_sampler(saved, "dpmsolver")  # doctest: +SKIP

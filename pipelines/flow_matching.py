@@ -39,7 +39,7 @@ class FlowMatchingPipeline(StepCallbackMixin, DiffusionPipeline):
             ``FlowMatchHeunDiscreteScheduler``.
 
     A ``unet`` with ``num_class_embeds`` in its config is class-conditional: :meth:`__call__` takes
-    ``class_labels`` and ``guidance_scale`` (see :mod:`pipelines.guidance`).
+    ``class_labels`` and ``guidance_scale`` (see :mod:`mnist_diffusion.pipelines.guidance`).
     """
 
     model_cpu_offload_seq = "unet"

@@ -42,8 +42,8 @@ def is_class_conditional(pipeline_or_unet: object) -> bool:
     """Whether a pipeline's ``unet`` (or a network) takes class labels: its config has ``num_class_embeds``.
 
     Example:
-        >>> from models import CourseworkCNN
-        >>> from pipelines.guidance import is_class_conditional
+        >>> from mnist_diffusion.models import CourseworkCNN
+        >>> from mnist_diffusion.pipelines.guidance import is_class_conditional
         >>> is_class_conditional(CourseworkCNN(num_class_embeds=11)), is_class_conditional(CourseworkCNN())
         (True, False)
     """

@@ -8,8 +8,10 @@ import diffusers
 from diffusers import DiffusionPipeline
 
 # Imported so that their model and scheduler classes can be found by the names in model_index.json.
-import models  # noqa: F401
-import schedulers  # noqa: F401
+from mnist_diffusion import (
+    models,  # noqa: F401
+    schedulers,  # noqa: F401
+)
 
 from .cold_diffusion import ColdDiffusionPipeline, imported_class, load_imported_components, local_folder
 from .ddpm import DDPMCallbackPipeline
@@ -25,8 +27,8 @@ def load_pipeline(path_or_repo: str | os.PathLike) -> DiffusionPipeline:
     """Load any pipeline this project saves, from a folder or a Hub repository, without ``trust_remote_code``.
 
     Handles a stock ``DDPMPipeline`` (a ``UNet2DModel`` or ``CourseworkCNN`` unet, before or after
-    :func:`~pipelines.make_portable`), a class-conditional Gaussian ``DDPMCallbackPipeline``, a
-    ``ColdDiffusionPipeline`` and a ``FlowMatchingPipeline``; components are built from the installed
+    :func:`~mnist_diffusion.pipelines.make_portable`), a class-conditional Gaussian ``DDPMCallbackPipeline``,
+    a ``ColdDiffusionPipeline`` and a ``FlowMatchingPipeline``; components are built from the installed
     classes, not from code saved in the folder.
 
     Raises:

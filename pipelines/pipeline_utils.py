@@ -116,7 +116,7 @@ def ship_code(pipeline: DiffusionPipeline, folder: str | os.PathLike) -> None:
     trust_remote_code=True)`` then loads the folder without this project. Running it again changes nothing.
 
     Example:
-        >>> from pipelines.pipeline_utils import ship_code
+        >>> from mnist_diffusion.pipelines.pipeline_utils import ship_code
         >>> pipeline.save_pretrained("outputs/flow")  # doctest: +SKIP
         >>> ship_code(pipeline, "outputs/flow")  # what save_pretrained has just done  # doctest: +SKIP
     """

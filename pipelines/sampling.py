@@ -1,7 +1,8 @@
 """One way to draw samples from any pipeline of this project, shared by training, scripts and the demo.
 
-The sampler is a name of the pipeline's forward process (:attr:`schedulers.ForwardProcess.samplers`): its
-scheduler is built from the trained one, so every tool offers exactly the samplers the process registers.
+The sampler is a name of the pipeline's forward process
+(:attr:`mnist_diffusion.schedulers.ForwardProcess.samplers`): its scheduler is built from the trained one, so
+every tool offers exactly the samplers the process registers.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import torch
 from diffusers import DiffusionPipeline
 from torchvision.utils import make_grid, save_image
 
-from schedulers import forward_process
-from training.files import atomic_output
+from mnist_diffusion.schedulers import forward_process
+from mnist_diffusion.training.files import atomic_output
 
 from .guidance import ClassLabels, check_class_labels, check_guidance_scale
 
@@ -50,7 +51,7 @@ def generate(
             ``N``.
         class_labels: for a class-conditional pipeline: one label for all images (an int) or one per image
             (``num_images`` ints in ``0..9``); ``None`` samples unconditionally. See
-            :mod:`pipelines.guidance`.
+            :mod:`mnist_diffusion.pipelines.guidance`.
         guidance_scale: the classifier-free guidance weight (1: the conditional model as it is); other
             values than 1 need ``class_labels``.
 
@@ -59,8 +60,8 @@ def generate(
             guidance scale are not allowed.
 
     Example:
-        >>> from pipelines import load_pipeline
-        >>> from pipelines.sampling import generate, save_grid
+        >>> from mnist_diffusion.pipelines import load_pipeline
+        >>> from mnist_diffusion.pipelines.sampling import generate, save_grid
         >>> pipeline = load_pipeline("outputs/quickstart")  # doctest: +SKIP
         >>> save_grid(generate(pipeline, 16, "dpmsolver", 25, seed=0), "samples.png")  # doctest: +SKIP
         >>> # A class-conditional pipeline: the digits 0-9 twice, guided with w = 2.

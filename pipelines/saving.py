@@ -18,17 +18,18 @@ def save_pipeline(pipeline: DiffusionPipeline, folder: str | os.PathLike) -> Non
     """Save ``pipeline`` into ``folder`` in the portable format, atomically.
 
     The folder gets what ``save_pretrained`` writes plus the code of every component that is not part of
-    Diffusers (:func:`~pipelines.make_portable`), so ``DiffusionPipeline.from_pretrained(folder,
-    trust_remote_code=True)`` loads it where this project is not installed, and
-    :func:`~pipelines.load_pipeline` loads it with the installed classes. Everything is first written to a
-    temporary folder beside it; the components are then moved in, and ``model_index.json`` last: a folder
-    is a loadable pipeline only once all of it is there, and a failed save (a full disk, a kill) never
-    leaves a config without its weights. Other files in ``folder`` (checkpoints, logs) are kept.
+    Diffusers (:func:`~mnist_diffusion.pipelines.make_portable`), so
+    ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` loads it where this project is not
+    installed, and :func:`~mnist_diffusion.pipelines.load_pipeline` loads it with the installed classes.
+    Everything is first written to a temporary folder beside it; the components are then moved in, and
+    ``model_index.json`` last: a folder is a loadable pipeline only once all of it is there, and a failed save
+    (a full disk, a kill) never leaves a config without its weights. Other files in ``folder`` (checkpoints,
+    logs) are kept.
 
     Example:
-        >>> from models import CourseworkCNN
-        >>> from pipelines import save_pipeline
-        >>> from schedulers import FORWARD_PROCESSES, forward_process
+        >>> from mnist_diffusion.models import CourseworkCNN
+        >>> from mnist_diffusion.pipelines import save_pipeline
+        >>> from mnist_diffusion.schedulers import FORWARD_PROCESSES, forward_process
         >>> process = forward_process(FORWARD_PROCESSES["gaussian"]())
         >>> save_pipeline(process.make_pipeline(CourseworkCNN()), "outputs/untrained")  # doctest: +SKIP
     """

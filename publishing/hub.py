@@ -8,8 +8,9 @@ installed, plus ``training_config.yaml`` (without secrets such as ``hub_token``)
 Checkpoints, logs and the per-epoch grids stay behind. Staging happens in a temporary folder that is moved
 into place only once complete, so a failure never leaves a half-written folder.
 
-The card asks the pipeline's forward process (:func:`schedulers.forward_process`) for everything that
-differs between processes: its name, title, summary, objective, randomness, samplers and usage snippet.
+The card asks the pipeline's forward process (:func:`mnist_diffusion.schedulers.forward_process`) for
+everything that differs between processes: its name, title, summary, objective, randomness, samplers and usage
+snippet.
 """
 
 from __future__ import annotations
@@ -32,12 +33,12 @@ from huggingface_hub import constants as hub_constants
 from huggingface_hub.utils import validate_repo_id
 from safetensors import safe_open
 
-from pipelines import load_pipeline, make_portable
-from pipelines.cold_diffusion import imported_class
-from pipelines.sampling import generate, save_grid
-from schedulers import ForwardProcess, forward_process
-from training.data import FASHION_MNIST, MNIST
-from training.train import build_parser, make_model, process_options
+from mnist_diffusion.pipelines import load_pipeline, make_portable
+from mnist_diffusion.pipelines.cold_diffusion import imported_class
+from mnist_diffusion.pipelines.sampling import generate, save_grid
+from mnist_diffusion.schedulers import ForwardProcess, forward_process
+from mnist_diffusion.training.data import FASHION_MNIST, MNIST
+from mnist_diffusion.training.train import build_parser, make_model, process_options
 
 CARD_FILE = "README.md"
 SAMPLE_GRID_FILE = "samples.png"
@@ -221,8 +222,8 @@ def applied_training_config(training: dict[str, Any], process: ForwardProcess) -
     """The entries of a saved ``training_config.yaml`` that applied to the run, in their order.
 
     The trainer saves every flag, also the options of the models and forward processes it did not use. Left
-    out are the options of other processes (by :func:`training.train.process_options`) and the model options
-    that :func:`training.train.make_model` reads only for another ``--model``.
+    out are the options of other processes (by :func:`mnist_diffusion.training.train.process_options`) and the
+    model options that :func:`mnist_diffusion.training.train.make_model` reads only for another ``--model``.
 
     Args:
         training: the saved training config (may be empty).

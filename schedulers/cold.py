@@ -93,7 +93,7 @@ def normal_tensor(
     """Standard normal draws made on the generator's device (deterministic per seed), moved to ``device``.
 
     Example:
-        >>> from schedulers.cold import normal_tensor
+        >>> from mnist_diffusion.schedulers.cold import normal_tensor
         >>> first = normal_tensor((2, 3), torch.Generator().manual_seed(0))
         >>> torch.equal(first, normal_tensor((2, 3), torch.Generator().manual_seed(0)))
         True
@@ -131,7 +131,7 @@ class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
 
     Example:
         >>> import torch
-        >>> from schedulers import GaussianBlurScheduler
+        >>> from mnist_diffusion.schedulers import GaussianBlurScheduler
         >>> scheduler = GaussianBlurScheduler(num_train_timesteps=4, train_noise=0.01, sample_noise=0.013)
         >>> x0 = torch.zeros(2, 1, 28, 28)
         >>> model_input, target = scheduler.training_example(x0, torch.tensor([1, 4]), torch.Generator())

@@ -28,7 +28,7 @@ class ColdProcess(ForwardProcess):
     the one it was saved with.
 
     Example:
-        >>> from schedulers import GaussianBlurScheduler, forward_process
+        >>> from mnist_diffusion.schedulers import GaussianBlurScheduler, forward_process
         >>> process = forward_process(GaussianBlurScheduler())
         >>> process.name, process.default_loss, list(process.samplers)
         ('blur', 'l1', ['improved', 'naive', 'direct'])
@@ -66,7 +66,7 @@ class ColdProcess(ForwardProcess):
         return self.scheduler.degrade(x0, timesteps, generator)
 
     def make_pipeline(self, unet: torch.nn.Module) -> DiffusionPipeline:
-        from pipelines.cold_diffusion import ColdDiffusionPipeline
+        from mnist_diffusion.pipelines.cold_diffusion import ColdDiffusionPipeline
 
         return ColdDiffusionPipeline(unet=unet, scheduler=self.scheduler)
 

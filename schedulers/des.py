@@ -42,7 +42,7 @@ class EntropyScaledNoiseScheduler(ColdDiffusionScheduler):
 
     Args:
         num_train_timesteps: ``T``.
-        noise_schedule: a schedule name of :func:`~schedulers.noise_schedules.make_betas`.
+        noise_schedule: a schedule name of :func:`~mnist_diffusion.schedulers.noise_schedules.make_betas`.
         beta_start: first beta of interpolated schedules.
         beta_end: last beta of interpolated schedules.
         entropy_scope: ``image`` (one entropy per image) or ``batch`` (one for the batch).
@@ -98,7 +98,8 @@ class EntropyScaledNoiseScheduler(ColdDiffusionScheduler):
         """``(x_t, s(x0) eps)``: the noisy images and the scaled noise the model learns to predict.
 
         With ``train_noise > 0`` the images also get the shared injected noise (see
-        :meth:`~schedulers.ColdDiffusionScheduler.add_training_noise`), which is not part of the target.
+        :meth:`~mnist_diffusion.schedulers.ColdDiffusionScheduler.add_training_noise`), which is not part of
+        the target.
         """
         eps = self.draw(tuple(x0.shape), generator, x0.device)
         x_t = self.add_training_noise(self.degrade(x0, timesteps, draw=eps), timesteps, generator)

@@ -7,8 +7,9 @@ scheduler. Training draws ``s`` from a uniform or logit-normal density
 (``diffusers.training_utils.compute_density_for_timestep_sampling``).
 
 The saved scheduler is Diffusers' own, so the folder needs custom code only for the pipeline
-(:class:`~pipelines.flow_matching.FlowMatchingPipeline`); the training density is recorded in the scheduler
-config under private keys (``_timestep_density``, ...), which Diffusers keeps through save and load.
+(:class:`~mnist_diffusion.pipelines.flow_matching.FlowMatchingPipeline`); the training density is recorded in
+the scheduler config under private keys (``_timestep_density``, ...), which Diffusers keeps through save and
+load.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def flow_matching_scheduler(
         ValueError: on a bad ``T``, shift, density or standard deviation.
 
     Example:
-        >>> from schedulers import flow_matching_scheduler, forward_process
+        >>> from mnist_diffusion.schedulers import flow_matching_scheduler, forward_process
         >>> process = forward_process(flow_matching_scheduler(timestep_density="uniform"))
         >>> process.name, process.default_loss, process.default_sampler
         ('flow', 'l2', 'flow_euler')
@@ -93,7 +94,7 @@ class FlowMatchingProcess(ForwardProcess):
 
     Example:
         >>> import torch
-        >>> from schedulers import flow_matching_scheduler, forward_process
+        >>> from mnist_diffusion.schedulers import flow_matching_scheduler, forward_process
         >>> process = forward_process(flow_matching_scheduler(num_train_timesteps=10))
         >>> x0, noise = torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2)
         >>> model_input, target = process.training_example(x0, torch.tensor([5.0]), noise=noise)
@@ -164,7 +165,7 @@ class FlowMatchingProcess(ForwardProcess):
 
         Example:
             >>> import torch
-            >>> from schedulers import flow_matching_scheduler, forward_process
+            >>> from mnist_diffusion.schedulers import flow_matching_scheduler, forward_process
             >>> process = forward_process(flow_matching_scheduler(num_train_timesteps=10))
             >>> weights = process.loss_weights(torch.tensor([1.0, 5.0, 9.0]), snr_gamma=1.0)
             >>> [round(w, 4) for w in weights.tolist()]  # gamma s^2 at s = 0.1, (1 - s)^2 at 0.9
@@ -181,8 +182,9 @@ class FlowMatchingProcess(ForwardProcess):
         return (1 - s) * x0 + s * noise.to(x0.device, x0.dtype)
 
     def make_pipeline(self, unet: torch.nn.Module) -> DiffusionPipeline:
-        """A :class:`~pipelines.flow_matching.FlowMatchingPipeline` with the trained (Euler) scheduler."""
-        from pipelines.flow_matching import FlowMatchingPipeline
+        """A :class:`~mnist_diffusion.pipelines.flow_matching.FlowMatchingPipeline` with the trained (Euler)
+        scheduler."""
+        from mnist_diffusion.pipelines.flow_matching import FlowMatchingPipeline
 
         return FlowMatchingPipeline(unet=unet, scheduler=self.scheduler)
 

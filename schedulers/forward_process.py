@@ -6,8 +6,9 @@ the tools picture ``D(x0, t)``, build the pipeline that samples a model and pick
 saved with the pipeline, so :func:`forward_process` answers for any loaded pipeline too.
 
 Adding a process: subclass :class:`ForwardProcess` for a new family of schedulers (see
-:class:`~schedulers.gaussian.GaussianProcess`) and list it in :data:`PROCESS_TYPES`; adding a cold
-degradation needs only its scheduler file and one line in ``schedulers.FORWARD_PROCESSES``.
+:class:`~mnist_diffusion.schedulers.gaussian.GaussianProcess`) and list it in :data:`PROCESS_TYPES`; adding a
+cold degradation needs only its scheduler file and one line in
+``mnist_diffusion.schedulers.FORWARD_PROCESSES``.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ class GaussianProcess(ForwardProcess):
     the config.
 
     Example:
-        >>> from schedulers import forward_process, ddpm_scheduler
+        >>> from mnist_diffusion.schedulers import forward_process, ddpm_scheduler
         >>> process = forward_process(ddpm_scheduler("cosine", num_train_timesteps=100))
         >>> process.name, process.default_sampler, process.default_steps()
         ('gaussian', 'dpmsolver', 25)
@@ -93,7 +93,7 @@ class GaussianProcess(ForwardProcess):
 
         Example:
             >>> import torch
-            >>> from schedulers import ddpm_scheduler, forward_process
+            >>> from mnist_diffusion.schedulers import ddpm_scheduler, forward_process
             >>> process = forward_process(ddpm_scheduler("linear", num_train_timesteps=100))
             >>> weights = process.loss_weights(torch.tensor([0, 99]), snr_gamma=5.0)
             >>> [round(w, 4) for w in weights.tolist()]  # a capped early t, an uncapped late one
@@ -122,22 +122,22 @@ class GaussianProcess(ForwardProcess):
         """The stock ``DDPMPipeline`` that is saved (plain Diffusers loads the folder).
 
         A class-conditional ``unet`` (``num_class_embeds`` in its config) needs ``class_labels``, which the
-        stock pipeline does not take: it gets a :class:`~pipelines.ddpm.DDPMCallbackPipeline`, which saves
-        itself with its code (``trust_remote_code=True`` loads it).
+        stock pipeline does not take: it gets a :class:`~mnist_diffusion.pipelines.ddpm.DDPMCallbackPipeline`,
+        which saves itself with its code (``trust_remote_code=True`` loads it).
         """
         if unet.config.get("num_class_embeds"):
-            from pipelines.ddpm import DDPMCallbackPipeline
+            from mnist_diffusion.pipelines.ddpm import DDPMCallbackPipeline
 
             return DDPMCallbackPipeline(unet=unet, scheduler=self.scheduler)
         return DDPMPipeline(unet=unet, scheduler=self.scheduler)
 
     def with_sampler(self, pipeline: DiffusionPipeline, sampler: str) -> DiffusionPipeline:
-        """A :class:`~pipelines.ddpm.DDPMCallbackPipeline` sampling with ``sampler``.
+        """A :class:`~mnist_diffusion.pipelines.ddpm.DDPMCallbackPipeline` sampling with ``sampler``.
 
         It runs the stock ``DDPMPipeline`` loop plus ``callback_on_step_end``, with the ``sampler`` scheduler
         built from this (trained) scheduler.
         """
-        from pipelines.ddpm import DDPMCallbackPipeline
+        from mnist_diffusion.pipelines.ddpm import DDPMCallbackPipeline
 
         return DDPMCallbackPipeline(**super().with_sampler(pipeline, sampler).components)
 
@@ -195,7 +195,7 @@ class GaussianDDIMProcess(GaussianProcess):
 
     Example:
         >>> from diffusers import DDIMScheduler
-        >>> from schedulers import forward_process
+        >>> from mnist_diffusion.schedulers import forward_process
         >>> scheduler = DDIMScheduler(prediction_type="v_prediction", timestep_spacing="trailing")
         >>> scheduler.register_to_config(_degradation="gaussian", _default_steps=4)
         >>> process = forward_process(scheduler)

@@ -9,14 +9,15 @@
     python scripts/benchmark.py --section fewstep --quick                   # smoke run, under a minute
 
 ``--section speed`` (the default) writes the results as JSON and as a markdown table (``README.md`` beside
-the JSON unless ``--markdown`` says otherwise) and prints the table; see :mod:`evaluation.benchmark` for what
-it measures. ``--section quality`` trains each training recipe for 30 minutes and scores it after 2.5, 5,
-10, 20 and 30 minutes (:mod:`evaluation.quality`); it writes ``benchmarks/quality_per_minute.json``, the plot
-``quality_per_minute.png`` beside it and its own section of ``README.md`` (which the speed section keeps),
-and a run killed at any point is finished by running the same command again. ``--section fewstep``
-distils a teacher (``outputs/fast_cpu_flow`` or ``outputs/fast_cpu``, trained first from its recipe when the
-folder holds no pipeline) with ``training/distill.py`` and scores the teacher's full and fast samplers and
-its 4-, 2- and 1-step students side by side (:mod:`evaluation.fewstep`) into
+the JSON unless ``--markdown`` says otherwise) and prints the table; see
+:mod:`mnist_diffusion.evaluation.benchmark` for what it measures. ``--section quality`` trains each training
+recipe for 30 minutes and scores it after 2.5, 5, 10, 20 and 30 minutes
+(:mod:`mnist_diffusion.evaluation.quality`); it writes ``benchmarks/quality_per_minute.json``, the plot
+``quality_per_minute.png`` beside it and its own section of ``README.md`` (which the speed section keeps), and
+a run killed at any point is finished by running the same command again. ``--section fewstep`` distils a
+teacher (``outputs/fast_cpu_flow`` or ``outputs/fast_cpu``, trained first from its recipe when the folder
+holds no pipeline) with ``training/distill.py`` and scores the teacher's full and fast samplers and its 4-, 2-
+and 1-step students side by side (:mod:`mnist_diffusion.evaluation.fewstep`) into
 ``benchmarks/fewstep_<process>.json`` and a Markdown table beside it; it resumes the same way.
 """
 
@@ -31,7 +32,7 @@ from typing import Any
 
 import torch
 
-from evaluation.benchmark import (
+from mnist_diffusion.evaluation.benchmark import (
     VARIANTS,
     Reference,
     ThroughputPlan,
@@ -46,13 +47,20 @@ from evaluation.benchmark import (
     train_argv,
     train_steps,
 )
-from evaluation.quality import MINUTES, QUICK_MINUTES, RECIPES, QualityPlan, Results, existing_section
-from pipelines import load_pipeline
-from schedulers import forward_process
-from training.cli import ArgumentParser, run_cli
-from training.data import default_mnist, load_split, write_synthetic_mnist
-from training.files import check_writable, write_text
-from training.train import parse_args as parse_train_args
+from mnist_diffusion.evaluation.quality import (
+    MINUTES,
+    QUICK_MINUTES,
+    RECIPES,
+    QualityPlan,
+    Results,
+    existing_section,
+)
+from mnist_diffusion.pipelines import load_pipeline
+from mnist_diffusion.schedulers import forward_process
+from mnist_diffusion.training.cli import ArgumentParser, run_cli
+from mnist_diffusion.training.data import default_mnist, load_split, write_synthetic_mnist
+from mnist_diffusion.training.files import check_writable, write_text
+from mnist_diffusion.training.train import parse_args as parse_train_args
 
 QUICKSTART_DIR = Path("outputs/quickstart")
 # Defaults of the full run and of --quick (a smoke run: tiny data, a tiny UNet, few steps and samples).
@@ -388,8 +396,8 @@ def parse_quality_args(argv: list[str]) -> argparse.Namespace:
 
 def quality_main(argv: list[str], command: str) -> None:
     """``--section quality``: train and score the recipes (resuming); write the JSON, plot and section."""
-    from evaluation.metrics import SampleQuality
-    from evaluation.quality import run_quality, write_report
+    from mnist_diffusion.evaluation.metrics import SampleQuality
+    from mnist_diffusion.evaluation.quality import run_quality, write_report
 
     args = parse_quality_args(argv)
     if args.dataset_name is None:
@@ -484,10 +492,10 @@ def parse_fewstep_args(argv: list[str]) -> argparse.Namespace:
 
 def fewstep_main(argv: list[str], command: str) -> None:
     """``--section fewstep``: train the teacher if needed, distil, score (resuming); write JSON and table."""
-    from evaluation.fewstep import STUDENT_STEPS, FewStepPlan, run_fewstep
-    from evaluation.fewstep import Results as FewStepResults
-    from evaluation.fewstep import write_report as write_fewstep_report
-    from evaluation.metrics import SampleQuality
+    from mnist_diffusion.evaluation.fewstep import STUDENT_STEPS, FewStepPlan, run_fewstep
+    from mnist_diffusion.evaluation.fewstep import Results as FewStepResults
+    from mnist_diffusion.evaluation.fewstep import write_report as write_fewstep_report
+    from mnist_diffusion.evaluation.metrics import SampleQuality
 
     args = parse_fewstep_args(argv)
     if args.num_threads:

@@ -19,9 +19,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.cli import ArgumentParser, run_cli
-from training.data import write_synthetic_mnist
-from training.files import write_text
+from mnist_diffusion.training.cli import ArgumentParser, run_cli
+from mnist_diffusion.training.data import write_synthetic_mnist
+from mnist_diffusion.training.files import write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 # Never writable, even for root: the kernel refuses new files under /proc.

@@ -7,8 +7,9 @@
 
 Each variant trains the same network (the coursework CNN) for the same number of steps as the Gaussian row,
 samples with each sampler of its process and is scored on 1000 samples (FID and floor, KID, IS, class entropy,
-pixel diversity); see :mod:`evaluation.cold_diversity`. The JSON and a Markdown table beside it (``.md``) are
-rewritten after every row: a killed run resumes where it stopped when called again with the same flags.
+pixel diversity); see :mod:`mnist_diffusion.evaluation.cold_diversity`. The JSON and a Markdown table beside
+it (``.md``) are rewritten after every row: a killed run resumes where it stopped when called again with the
+same flags.
 """
 
 from __future__ import annotations
@@ -16,10 +17,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from evaluation.cold_diversity import Study, StudySettings, quick_settings, select_variants, study_variants
-from training.cli import ArgumentParser, run_cli
-from training.data import default_fashion_mnist, default_mnist
-from training.files import check_writable
+from mnist_diffusion.evaluation.cold_diversity import (
+    Study,
+    StudySettings,
+    quick_settings,
+    select_variants,
+    study_variants,
+)
+from mnist_diffusion.training.cli import ArgumentParser, run_cli
+from mnist_diffusion.training.data import default_fashion_mnist, default_mnist
+from mnist_diffusion.training.files import check_writable
 
 DEFAULTS = StudySettings(dataset_name="", target_dataset="")
 
@@ -72,7 +79,7 @@ def settings_from(args) -> tuple[StudySettings, Path, Path]:
         if getattr(args, name) is not None
     }
     if args.quick:
-        from training.data import write_synthetic_mnist
+        from mnist_diffusion.training.data import write_synthetic_mnist
 
         work_dir = Path(args.work_dir or "outputs/cold_diversity_quick")
         data = work_dir / "synthetic_mnist"

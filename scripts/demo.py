@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from app.demo import (
+from mnist_diffusion.app.demo import (
     DEFAULT_MODEL,
     DEFAULT_TEST_DATA,
     MAX_EXTRA_MODELS,
@@ -24,7 +24,7 @@ from app.demo import (
     build_demo,
     serve,
 )
-from training.cli import ArgumentParser, run_cli
+from mnist_diffusion.training.cli import ArgumentParser, run_cli
 
 
 def main(argv: list[str] | None = None) -> None:

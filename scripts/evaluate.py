@@ -24,20 +24,20 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from evaluation.metrics import (
+from mnist_diffusion.evaluation.metrics import (
     FEATURE_NETWORKS,
     SampleQuality,
     forward_process_normality,
     images01_from_array,
     restoration_quality,
 )
-from pipelines import load_pipeline
-from pipelines.sampling import generate, save_grid
-from schedulers import ForwardProcess, forward_process
-from training.cli import ArgumentParser, device, run_cli
-from training.data import default_mnist, load_split, uint8_to_unit_range
-from training.files import atomic_output, check_writable, write_text
-from training.train import all_sampler_names, long_sampling_notice
+from mnist_diffusion.pipelines import load_pipeline
+from mnist_diffusion.pipelines.sampling import generate, save_grid
+from mnist_diffusion.schedulers import ForwardProcess, forward_process
+from mnist_diffusion.training.cli import ArgumentParser, device, run_cli
+from mnist_diffusion.training.data import default_mnist, load_split, uint8_to_unit_range
+from mnist_diffusion.training.files import atomic_output, check_writable, write_text
+from mnist_diffusion.training.train import all_sampler_names, long_sampling_notice
 
 NUM_EXTREMES = 16
 P_VALUE_FLOOR = 1e-20

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import sys
 
-from publishing.hub import CARD_FILE, stage_pipeline, write_model_card
-from training.cli import ArgumentParser, run_cli
+from mnist_diffusion.publishing.hub import CARD_FILE, stage_pipeline, write_model_card
+from mnist_diffusion.training.cli import ArgumentParser, run_cli
 
 
 def main(argv: list[str] | None = None) -> None:

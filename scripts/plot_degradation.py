@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from pipelines import load_pipeline
-from schedulers import ForwardProcess, forward_process
-from training.cli import ArgumentParser, run_cli
-from training.data import default_mnist, load_split, to_model_range, to_unit_range
-from training.files import atomic_output, check_writable
+from mnist_diffusion.pipelines import load_pipeline
+from mnist_diffusion.schedulers import ForwardProcess, forward_process
+from mnist_diffusion.training.cli import ArgumentParser, run_cli
+from mnist_diffusion.training.data import default_mnist, load_split, to_model_range, to_unit_range
+from mnist_diffusion.training.files import atomic_output, check_writable
 
 
 def degradation_timesteps(process: ForwardProcess, num_columns: int) -> list[int]:

@@ -4,7 +4,7 @@
 
 Each run folder holds the trainer's ``logs/metrics.jsonl``: one JSON record per line with ``step`` and
 any of ``loss``, ``val_loss`` and ``fid`` (with ``fid_floor``, drawn dashed, when it was logged); see
-:mod:`evaluation.training_logs`.
+:mod:`mnist_diffusion.evaluation.training_logs`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from evaluation.training_logs import plot_runs
-from training.cli import ArgumentParser, run_cli
+from mnist_diffusion.evaluation.training_logs import plot_runs
+from mnist_diffusion.training.cli import ArgumentParser, run_cli
 
 
 def main(argv: list[str] | None = None) -> None:

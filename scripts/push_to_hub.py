@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import sys
 
-from publishing.hub import push_pipeline
-from training.cli import ArgumentParser, run_cli
+from mnist_diffusion.publishing.hub import push_pipeline
+from mnist_diffusion.training.cli import ArgumentParser, run_cli
 
 
 def main(argv: list[str] | None = None) -> None:

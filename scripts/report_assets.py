@@ -22,10 +22,10 @@ import numpy as np
 import yaml
 from matplotlib.figure import Figure
 
-from evaluation.training_logs import plot_runs, read_log
-from schedulers.noise_schedules import make_betas
-from training.cli import ArgumentParser, run_cli
-from training.files import atomic_output, write_text
+from mnist_diffusion.evaluation.training_logs import plot_runs, read_log
+from mnist_diffusion.schedulers.noise_schedules import make_betas
+from mnist_diffusion.training.cli import ArgumentParser, run_cli
+from mnist_diffusion.training.files import atomic_output, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 

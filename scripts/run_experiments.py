@@ -27,12 +27,12 @@ from pathlib import Path
 import torch
 import yaml
 
-from evaluation.benchmark import machine_info
-from training.cli import ArgumentParser, run_cli
-from training.data import default_fashion_mnist, default_mnist
-from training.files import write_text
-from training.train import make_process
-from training.train import parse_args as parse_train_args
+from mnist_diffusion.evaluation.benchmark import machine_info
+from mnist_diffusion.training.cli import ArgumentParser, run_cli
+from mnist_diffusion.training.data import default_fashion_mnist, default_mnist
+from mnist_diffusion.training.files import write_text
+from mnist_diffusion.training.train import make_process
+from mnist_diffusion.training.train import parse_args as parse_train_args
 
 ROOT = Path(__file__).resolve().parents[1]
 EVALUATION_KEYS = ("sampler", "num_inference_steps", "start", "num_images")

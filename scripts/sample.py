@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines import load_pipeline
-from pipelines.sampling import generate, save_grid
-from schedulers import forward_process
-from training.cli import ArgumentParser, run_cli
-from training.files import atomic_output, check_writable
-from training.train import all_sampler_names, long_sampling_notice
+from mnist_diffusion.pipelines import load_pipeline
+from mnist_diffusion.pipelines.sampling import generate, save_grid
+from mnist_diffusion.schedulers import forward_process
+from mnist_diffusion.training.cli import ArgumentParser, run_cli
+from mnist_diffusion.training.files import atomic_output, check_writable
+from mnist_diffusion.training.train import all_sampler_names, long_sampling_notice
 
 OUTPUT_SUFFIXES = (".png", ".npy")
 

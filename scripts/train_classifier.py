@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from evaluation.metrics import classify, split_to_unit_range
-from models.mnist_classifier import MNISTClassifier
-from training.cli import ArgumentParser, run_cli
-from training.data import default_mnist, load_split
-from training.files import atomic_folder, check_writable
+from mnist_diffusion.evaluation.metrics import classify, split_to_unit_range
+from mnist_diffusion.models.mnist_classifier import MNISTClassifier
+from mnist_diffusion.training.cli import ArgumentParser, run_cli
+from mnist_diffusion.training.data import default_mnist, load_split
+from mnist_diffusion.training.files import atomic_folder, check_writable
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

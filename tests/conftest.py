@@ -6,18 +6,19 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
-from training.data import write_synthetic_mnist
+from mnist_diffusion.training.data import write_synthetic_mnist
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 
 
 def _cold_degradations() -> list[str]:
-    from schedulers import FORWARD_PROCESSES, ColdProcess, forward_process
+    from mnist_diffusion.schedulers import FORWARD_PROCESSES, ColdProcess, forward_process
 
     return sorted(
         name
@@ -54,6 +55,33 @@ def run_python(
         text=True,
         timeout=timeout,
     )
+
+
+# The installed package, and the top-level names its folders have where the project root is on sys.path.
+PROJECT_PACKAGES = (
+    "mnist_diffusion", "models", "schedulers", "pipelines", "training", "evaluation", "publishing", "app"
+)  # fmt: skip
+# Prepended to a script run by `run_without_the_project`: any import of the project fails.
+BLOCK_THE_PROJECT = f"""
+import sys
+
+
+class BlockProject:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {PROJECT_PACKAGES!r}:
+            raise ImportError(f"{{name}} belongs to the project, which a saved folder's user lacks")
+
+
+sys.meta_path.insert(0, BlockProject())
+"""
+
+
+def run_without_the_project(code: str, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run ``code`` with ``args`` in a fresh process in ``cwd`` that cannot import any package of this
+    project, as for someone who only downloaded a saved folder (remote code goes to ``cwd/modules``)."""
+    script = cwd / "use_without_the_project.py"
+    script.write_text(BLOCK_THE_PROJECT + textwrap.dedent(code))
+    return run_python(str(script), *args, cwd=cwd, env={"HF_MODULES_CACHE": str(cwd / "modules")})
 
 
 @pytest.fixture(scope="session")
@@ -127,8 +155,8 @@ def tiny_ddpm_folder(tmp_path_factory) -> Path:
     """An untrained, tiny Gaussian ``DDPMPipeline`` (CourseworkCNN, T = 20) saved with ``save_pretrained``."""
     from diffusers import DDPMPipeline
 
-    from models import CourseworkCNN
-    from schedulers import ddpm_scheduler
+    from mnist_diffusion.models import CourseworkCNN
+    from mnist_diffusion.schedulers import ddpm_scheduler
 
     steps = 20
     unet = CourseworkCNN(

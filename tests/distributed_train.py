@@ -9,7 +9,7 @@ from pathlib import Path
 from accelerate import PartialState
 from safetensors.torch import save_file
 
-from training.train import parse_args, train
+from mnist_diffusion.training.train import parse_args, train
 
 if __name__ == "__main__":
     model = train(parse_args(sys.argv[1:]))

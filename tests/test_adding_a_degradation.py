@@ -1,8 +1,8 @@
 """docs/adding_a_degradation.rst, followed as written: one new file and one registry line, nothing else.
 
 The project is copied, the page's two code blocks are written into the copy, and the page's commands run
-there on small settings (synthetic data, a few steps); the copy comes first on ``PYTHONPATH``, so the
-installed project cannot stand in for it.
+there on small settings (synthetic data, a few steps); the copy comes first on ``PYTHONPATH`` (its folders
+linked as ``mnist_diffusion/models``, ...), so the installed project cannot stand in for it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import PROJECT_ROOT, run_python
 
 PAGE = PROJECT_ROOT / "docs" / "adding_a_degradation.rst"
-PACKAGES = ("models", "schedulers", "pipelines", "training", "evaluation", "publishing", "app", "scripts")
+PACKAGES = ("models", "schedulers", "pipelines", "training", "evaluation", "publishing", "app")
 # The page's long settings, shortened for a test on synthetic data.
 SMALL_SETTINGS = {
     "--max_train_steps 500": "--max_train_steps 3 --train_batch_size 32 --n_hidden 8 8 --num_sample_images 4",
@@ -49,8 +49,13 @@ def commands() -> list[list[str]]:
 def project_with_fade(tmp_path_factory) -> Path:
     """A copy of the project with the page's scheduler file and registry line added, and nothing else."""
     root = tmp_path_factory.mktemp("project")
+    for folder in (*PACKAGES, "scripts"):
+        shutil.copytree(PROJECT_ROOT / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    # The folders are imported as mnist_diffusion.<package>, as setup.cfg installs them: with the copy on
+    # PYTHONPATH, its mnist_diffusion/ (a namespace package, as installed) offers the copy's folders first.
+    (root / "mnist_diffusion").mkdir()
     for package in PACKAGES:
-        shutil.copytree(PROJECT_ROOT / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
+        (root / "mnist_diffusion" / package).symlink_to(root / package, target_is_directory=True)
     blocks = code_blocks("python")
     (root / "schedulers" / "fade.py").write_text(blocks["schedulers/fade.py"])
     import_line, registry_line = (
@@ -109,12 +114,13 @@ def test_the_demo_samples_and_restores_the_new_degradation(project_with_fade):
         pytest.skip("the training command did not run first")
     code = f"""
 import numpy as np
-from app import demo
+from mnist_diffusion.app import demo
+from mnist_diffusion.schedulers import forward_process
 store = demo.ModelStore()
 demo.build_demo([{str(folder)!r}], test_data=None, store=store)
 pipeline = store.get({str(folder)!r})
 print(demo.describe("fade", pipeline))
-print([value for _, value in demo.sampler_choices(__import__("schedulers").forward_process(pipeline))])
+print([value for _, value in demo.sampler_choices(forward_process(pipeline))])
 images, gif, report = demo.sample_images(pipeline, "naive", 3, 2, 0)
 digit = np.zeros((28, 28), np.uint8)
 digit[6:22, 12:16] = 255

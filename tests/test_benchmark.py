@@ -17,8 +17,8 @@ import yaml
 from diffusers import DDPMScheduler
 from PIL import Image
 
-from evaluation.benchmark import training_flops_per_image
-from evaluation.quality import (
+from mnist_diffusion.evaluation.benchmark import training_flops_per_image
+from mnist_diffusion.evaluation.quality import (
     BLOCK_BEGIN,
     BLOCK_END,
     RECIPES,
@@ -28,9 +28,9 @@ from evaluation.quality import (
     replace_section,
     saved_points,
 )
-from models import CourseworkCNN
-from pipelines import ColdDiffusionPipeline, load_pipeline
-from schedulers import AveragingScheduler, forward_process
+from mnist_diffusion.models import CourseworkCNN
+from mnist_diffusion.pipelines import ColdDiffusionPipeline, load_pipeline
+from mnist_diffusion.schedulers import AveragingScheduler, forward_process
 from tests.conftest import PROJECT_ROOT, run_python
 
 SCRIPT = str(PROJECT_ROOT / "scripts" / "benchmark.py")
@@ -225,7 +225,7 @@ def test_quality_section_bad_flag_is_one_error_line(tmp_path: Path):
 # training-loop time of each step is a fixed number of seconds, whatever the machine's speed.
 FAKE_CLOCK_TRAIN = """
 import itertools, sys, time, types
-import training.train as train
+import mnist_diffusion.training.train as train
 clock = itertools.count()
 fake = {name: getattr(time, name) for name in dir(time) if not name.startswith("_")}
 train.time = types.SimpleNamespace(**fake)

@@ -9,20 +9,20 @@ import warnings
 import pytest
 import torch
 
-from evaluation.cold_diversity import (
+from mnist_diffusion.evaluation.cold_diversity import (
     SCORES,
     Study,
     quick_settings,
     select_variants,
     study_variants,
 )
-from models import CourseworkCNN
-from pipelines import ColdDiffusionPipeline, load_pipeline
-from pipelines.sampling import generate
-from schedulers import MaskScheduler, forward_process
+from mnist_diffusion.models import CourseworkCNN
+from mnist_diffusion.pipelines import ColdDiffusionPipeline, load_pipeline
+from mnist_diffusion.pipelines.sampling import generate
+from mnist_diffusion.schedulers import MaskScheduler, forward_process
+from mnist_diffusion.training.train import parse_args, train
 from tests.conftest import COLD_DEGRADATIONS, run_python
 from tests.test_cold_schedulers import images, make
-from training.train import parse_args, train
 
 SAMPLERS = ("improved", "naive", "direct")
 NOISE = {"train_noise": 0.01, "sample_noise": 0.013}
@@ -173,7 +173,7 @@ def test_the_model_card_summary_says_when_noise_was_injected():
 def test_a_subclass_without_the_noise_options_has_them_off():
     from diffusers.configuration_utils import register_to_config
 
-    from schedulers import ColdDiffusionScheduler
+    from mnist_diffusion.schedulers import ColdDiffusionScheduler
 
     class Fade(ColdDiffusionScheduler):
         degradation_name = "fade"

@@ -11,17 +11,17 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMPipeline, DDPMScheduler
+from diffusers import DDPMPipeline, DDPMScheduler, DiffusionPipeline
 from diffusers.callbacks import PipelineCallback
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from PIL import Image
 
-from models import CourseworkCNN
-from pipelines import ColdDiffusionPipeline, load_pipeline, make_portable
-from schedulers import AveragingScheduler, EntropyScaledNoiseScheduler, ImpulseNoiseScheduler
-from tests.conftest import SUBPROCESS_TIMEOUT_S
+from mnist_diffusion.models import CourseworkCNN
+from mnist_diffusion.pipelines import ColdDiffusionPipeline, load_pipeline, make_portable
+from mnist_diffusion.schedulers import AveragingScheduler, EntropyScaledNoiseScheduler, ImpulseNoiseScheduler
+from tests.conftest import run_without_the_project
 
 
 def tiny_cnn(num_train_timesteps: int) -> CourseworkCNN:
@@ -340,14 +340,7 @@ def test_load_pipeline_rejects_unknown_classes(tmp_path):
 FRESH_PROCESS = textwrap.dedent(
     """
     import sys
-    import importlib.abc
 
-    class BlockProject(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in {"models", "schedulers", "pipelines", "training"}:
-                raise ImportError(f"{name} must not be imported")
-
-    sys.meta_path.insert(0, BlockProject())
     import numpy as np
     import torch
     from diffusers import DiffusionPipeline
@@ -363,6 +356,11 @@ FRESH_PROCESS = textwrap.dedent(
 )
 
 
+def run_fresh_process(tmp_path, *folders_steps_outputs: str) -> subprocess.CompletedProcess:
+    """Run :data:`FRESH_PROCESS` on ``folder, steps, output.npy`` triples."""
+    return run_without_the_project(FRESH_PROCESS, tmp_path, *folders_steps_outputs)
+
+
 def test_portable_folders_load_with_trust_remote_code_in_a_fresh_process(tmp_path):
     cold = rows_pipeline()
     cold.save_pretrained(tmp_path / "cold")
@@ -370,7 +368,8 @@ def test_portable_folders_load_with_trust_remote_code_in_a_fresh_process(tmp_pat
     ddpm.set_progress_bar_config(disable=True)
     ddpm.save_pretrained(tmp_path / "ddpm")
     assert (
-        json.loads((tmp_path / "ddpm" / "model_index.json").read_text())["unet"][0] == "models.coursework_cnn"
+        json.loads((tmp_path / "ddpm" / "model_index.json").read_text())["unet"][0]
+        == "mnist_diffusion.models.coursework_cnn"
     )
     assert type(load_pipeline(tmp_path / "ddpm").unet) is CourseworkCNN
     make_portable(tmp_path / "ddpm")
@@ -381,22 +380,47 @@ def test_portable_folders_load_with_trust_remote_code_in_a_fresh_process(tmp_pat
     ]
     assert type(load_pipeline(tmp_path / "ddpm").unet) is CourseworkCNN
 
-    script = tmp_path / "fresh.py"
-    script.write_text(FRESH_PROCESS)
     outputs = [tmp_path / "cold.npy", tmp_path / "ddpm.npy"]
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
     args = [str(tmp_path / "cold"), "7", str(outputs[0]), str(tmp_path / "ddpm"), "10", str(outputs[1])]
-    result = subprocess.run(
-        [sys.executable, str(script), *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=SUBPROCESS_TIMEOUT_S,  # a safety net against a hang, not a speed limit
-    )
+    result = run_fresh_process(tmp_path, *args)
     assert result.returncode == 0, result.stderr[-3000:]
     np.testing.assert_array_equal(np.load(outputs[0]), sample(cold))
     expected = ddpm(
         batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=10, output_type="np"
     )
     np.testing.assert_array_equal(np.load(outputs[1]), expected.images)
+
+
+def test_a_folder_saved_before_the_rename_loads_and_becomes_portable(tmp_path):
+    # Before the packages were installed as mnist_diffusion.*, a plain save_pretrained named the modules of
+    # the custom components by their old top-level names: models.coursework_cnn, schedulers.averaging.
+    cold = rows_pipeline()
+    folder = tmp_path / "old"
+    DiffusionPipeline.save_pretrained(cold, folder)  # without make_portable
+    index_file = folder / "model_index.json"
+    index = json.loads(index_file.read_text())
+    assert [index["unet"][0], index["scheduler"][0]] == [
+        "mnist_diffusion.models.coursework_cnn",
+        "mnist_diffusion.schedulers.averaging",
+    ]
+    for name in ("unet", "scheduler"):
+        index[name][0] = index[name][0].removeprefix("mnist_diffusion.")
+    index_file.write_text(json.dumps(index))
+
+    expected = sample(cold)
+    loaded = load_pipeline(folder)
+    assert type(loaded.unet) is CourseworkCNN and type(loaded.scheduler) is AveragingScheduler
+    loaded.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(sample(loaded), expected)
+
+    make_portable(folder)  # reads models.coursework_cnn as mnist_diffusion.models.coursework_cnn
+    # ... and not as the project root's folder under its old name (the root is on sys.path in the tests)
+    assert not {"models", "schedulers"} & set(sys.modules)
+    index = json.loads(index_file.read_text())
+    assert index["unet"] == ["coursework_cnn", "CourseworkCNN"]
+    assert index["scheduler"] == ["averaging", "AveragingScheduler"]
+    assert index["_class_name"] == ["cold_diffusion", "ColdDiffusionPipeline"]
+    assert type(load_pipeline(folder).unet) is CourseworkCNN
+    result = run_fresh_process(tmp_path, str(folder), "7", str(tmp_path / "old.npy"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    np.testing.assert_array_equal(np.load(tmp_path / "old.npy"), expected)

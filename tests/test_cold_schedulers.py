@@ -5,8 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from schedulers import FORWARD_PROCESSES, AveragingScheduler, EntropyScaledNoiseScheduler, MorphScheduler
-from schedulers.averaging import line_order
+from mnist_diffusion.schedulers import (
+    FORWARD_PROCESSES,
+    AveragingScheduler,
+    EntropyScaledNoiseScheduler,
+    MorphScheduler,
+)
+from mnist_diffusion.schedulers.averaging import line_order
 from tests.conftest import COLD_DEGRADATIONS
 
 # Small settings keep every test fast; morph gets synthetic targets instead of Fashion-MNIST.

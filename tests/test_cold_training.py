@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines import ColdDiffusionPipeline, load_pipeline
-from pipelines.sampling import generate
-from schedulers import FORWARD_PROCESSES, ColdProcess, forward_process
+from mnist_diffusion.pipelines import ColdDiffusionPipeline, load_pipeline
+from mnist_diffusion.pipelines.sampling import generate
+from mnist_diffusion.schedulers import FORWARD_PROCESSES, ColdProcess, forward_process
+from mnist_diffusion.training.train import parse_args, train
 from tests.conftest import COLD_DEGRADATIONS, run_python
-from training.train import parse_args, train
 
 # Short processes keep the sample grids and the test fast; the rest are each scheduler's defaults.
 SHORT_T = {"impulse": 10, "morph": 10, "des": 10, "blur": 10, "mask": 10}

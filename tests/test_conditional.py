@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -18,8 +15,8 @@ import yaml
 from diffusers import DDPMPipeline
 from safetensors.torch import load_file
 
-from models import CourseworkCNN, unet_preset
-from pipelines import (
+from mnist_diffusion.models import CourseworkCNN, unet_preset
+from mnist_diffusion.pipelines import (
     ColdDiffusionPipeline,
     DDPMCallbackPipeline,
     FlowMatchingPipeline,
@@ -27,12 +24,17 @@ from pipelines import (
     load_pipeline,
     save_pipeline,
 )
-from pipelines.guidance import ClassLabelGuidance, balanced_labels, check_class_labels, num_classes
-from pipelines.sampling import generate
-from schedulers import FORWARD_PROCESSES, GaussianProcess, forward_process
-from tests.conftest import SUBPROCESS_TIMEOUT_S, run_python
-from training.objective import drop_labels, held_out_losses, model_prediction
-from training.train import NUM_CLASS_EMBEDS, make_model, parse_args, train
+from mnist_diffusion.pipelines.guidance import (
+    ClassLabelGuidance,
+    balanced_labels,
+    check_class_labels,
+    num_classes,
+)
+from mnist_diffusion.pipelines.sampling import generate
+from mnist_diffusion.schedulers import FORWARD_PROCESSES, GaussianProcess, forward_process
+from mnist_diffusion.training.objective import drop_labels, held_out_losses, model_prediction
+from mnist_diffusion.training.train import NUM_CLASS_EMBEDS, make_model, parse_args, train
+from tests.conftest import run_python, run_without_the_project
 
 NULL = NUM_CLASS_EMBEDS - 1  # 10: the "no class" label
 T = 10
@@ -329,14 +331,7 @@ def test_an_unconditional_gaussian_folder_stays_a_stock_ddpm_pipeline(tmp_path):
 BARE_PROCESS = textwrap.dedent(
     """
     import sys
-    import importlib.abc
 
-    class BlockProject(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in {"models", "schedulers", "pipelines", "training"}:
-                raise ImportError(f"{name} must not be imported")
-
-    sys.meta_path.insert(0, BlockProject())
     import numpy as np
     import torch
     from diffusers import DiffusionPipeline
@@ -367,17 +362,7 @@ def test_saved_conditional_folders_load_with_trust_remote_code_without_the_proje
         save_pipeline(pipeline, tmp_path / name)
         expected[name] = sample(pipeline, class_labels=[2, 8], guidance_scale=2.5)
         args += [str(tmp_path / name), str(tmp_path / f"{name}.npy")]
-    script = tmp_path / "bare.py"
-    script.write_text(BARE_PROCESS)
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [sys.executable, str(script), *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=SUBPROCESS_TIMEOUT_S,  # a safety net against a hang, not a speed limit
-    )
+    result = run_without_the_project(BARE_PROCESS, tmp_path, *args)
     assert result.returncode == 0, result.stderr[-3000:]
     for name, images in expected.items():
         np.testing.assert_array_equal(np.load(tmp_path / f"{name}.npy"), images)

@@ -8,9 +8,9 @@ import pytest
 import torch
 from diffusers import DDPMPipeline
 
-from pipelines import DDPMCallbackPipeline, load_pipeline
-from pipelines.sampling import generate, image_generators
-from schedulers import GaussianProcess, forward_process
+from mnist_diffusion.pipelines import DDPMCallbackPipeline, load_pipeline
+from mnist_diffusion.pipelines.sampling import generate, image_generators
+from mnist_diffusion.schedulers import GaussianProcess, forward_process
 
 STEPS = 5
 

@@ -13,13 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from app import demo
-from models import CourseworkCNN
-from pipelines import ColdDiffusionPipeline, load_pipeline
-from pipelines.sampling import generate
-from schedulers import AveragingScheduler, ImpulseNoiseScheduler, forward_process
+from mnist_diffusion.app import demo
+from mnist_diffusion.models import CourseworkCNN
+from mnist_diffusion.pipelines import ColdDiffusionPipeline, load_pipeline
+from mnist_diffusion.pipelines.sampling import generate
+from mnist_diffusion.schedulers import AveragingScheduler, ImpulseNoiseScheduler, forward_process
+from mnist_diffusion.training.data import to_unit_range
 from tests.conftest import run_python
-from training.data import to_unit_range
 
 # A safety net against a hang, not a speed requirement.
 SAFETY_TIMEOUT_S = 600

@@ -55,9 +55,9 @@ def tiny_cold_folder(tmp_path_factory) -> Path:
     """An untrained, tiny cold pipeline (row averaging, T = 7, a fitted prior), saved."""
     import torch
 
-    from models import CourseworkCNN
-    from pipelines import ColdDiffusionPipeline
-    from schedulers import AveragingScheduler
+    from mnist_diffusion.models import CourseworkCNN
+    from mnist_diffusion.pipelines import ColdDiffusionPipeline
+    from mnist_diffusion.schedulers import AveragingScheduler
 
     scheduler = AveragingScheduler(group_size=4)
     clean = (torch.rand(32, 1, 28, 28, generator=torch.Generator().manual_seed(0)) > 0.7).float()

@@ -1,9 +1,9 @@
 """Load test of the demo's server: one abandoned maximal request cannot hold it, and a full queue says so.
 
-The real server (:func:`app.demo.build_demo` and :func:`app.demo.serve`) runs in this process on a free
-loopback port with a tiny untrained model, whose network calls a forward hook counts (and holds at one
-point, so that every step of the test happens in a known order). Nothing here depends on the machine's
-speed: the timeouts are safety nets against a hang.
+The real server (:func:`mnist_diffusion.app.demo.build_demo` and :func:`mnist_diffusion.app.demo.serve`) runs
+in this process on a free loopback port with a tiny untrained model, whose network calls a forward hook counts
+(and holds at one point, so that every step of the test happens in a known order). Nothing here depends on the
+machine's speed: the timeouts are safety nets against a hang.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app import demo as app_demo
+from mnist_diffusion.app import demo as app_demo
 
 SAFETY_TIMEOUT_S = 600
 NUM_TRAIN_TIMESTEPS = 100
@@ -70,8 +70,8 @@ def server(tmp_path_factory) -> Iterator[Server]:
     """The demo serving an untrained tiny Gaussian DDPM (T = 100), a budget of 2048 and a queue of 4."""
     from diffusers import DDPMPipeline
 
-    from models import CourseworkCNN
-    from schedulers import ddpm_scheduler
+    from mnist_diffusion.models import CourseworkCNN
+    from mnist_diffusion.schedulers import ddpm_scheduler
 
     folder = tmp_path_factory.mktemp("load") / "tiny"
     unet = CourseworkCNN(

@@ -20,21 +20,25 @@ from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 from PIL import Image
 from safetensors.torch import load_file
 
-from app import demo
-from models import CourseworkCNN
-from pipelines import load_pipeline, save_pipeline
-from pipelines.sampling import generate
-from publishing import hub
-from schedulers import FORWARD_PROCESSES, ddpm_scheduler, flow_matching_scheduler, forward_process
-from tests.conftest import PROJECT_ROOT, run_python
-from training import distill
-from training.cli import run_cli
+from mnist_diffusion.app import demo
+from mnist_diffusion.models import CourseworkCNN
+from mnist_diffusion.pipelines import load_pipeline, save_pipeline
+from mnist_diffusion.pipelines.sampling import generate
+from mnist_diffusion.publishing import hub
+from mnist_diffusion.schedulers import (
+    FORWARD_PROCESSES,
+    ddpm_scheduler,
+    flow_matching_scheduler,
+    forward_process,
+)
+from mnist_diffusion.training import distill
+from mnist_diffusion.training.cli import run_cli
+from tests.conftest import PROJECT_ROOT, run_python, run_without_the_project
 
 T = 20
 KINDS = ("flow", "gaussian")
 STUDENTS = (4, 2, 1)
 WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
-PROJECT_PACKAGES = ("models", "schedulers", "pipelines", "training", "evaluation", "publishing", "app")
 # Distil the 8-step teacher to 4, 2 and 1 steps, 2 steps per round, a checkpoint after every step.
 DISTILL_FLAGS = [
     "--teacher_steps", "8", "--student_steps", "1", "--steps_per_round", "2", "--train_batch_size", "16",
@@ -177,25 +181,6 @@ def test_the_stock_scheduler_takes_exactly_the_steps_the_student_learnt(kind, st
         if student > 1:
             other = distill.rollout(pipeline.unet, sampler, pipeline.scheduler, student * 2, latents)
             assert not torch.allclose((other / 2 + 0.5).clamp(0, 1), ours, atol=1e-3)
-
-
-def run_without_the_project(code: str, cwd: Path):
-    """Run ``code`` in a fresh process that cannot import any package of this project."""
-    block = textwrap.dedent(
-        f"""
-        import sys
-
-        class BlockProject:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in {PROJECT_PACKAGES!r}:
-                    raise ImportError(f"{{name}} belongs to the project")
-
-        sys.meta_path.insert(0, BlockProject())
-        """
-    )
-    script = cwd / "use_without_the_project.py"
-    script.write_text(block + code)
-    return run_python(str(script), cwd=cwd)
 
 
 @pytest.mark.parametrize("kind", KINDS)

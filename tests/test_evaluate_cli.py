@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from models import CourseworkCNN
-from pipelines import ColdDiffusionPipeline
-from schedulers import AveragingScheduler
+from mnist_diffusion.models import CourseworkCNN
+from mnist_diffusion.pipelines import ColdDiffusionPipeline
+from mnist_diffusion.schedulers import AveragingScheduler
+from mnist_diffusion.training.cli import run_cli
 from tests.conftest import PROJECT_ROOT, run_python
-from training.cli import run_cli
 
 SCALARS = (
     "num_images",

@@ -15,13 +15,18 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
 from PIL import Image
 
-from evaluation.training_logs import plot_runs, runs_figure
-from models import CourseworkCNN
-from pipelines import ColdDiffusionPipeline
-from pipelines.cold_diffusion import local_folder, start_images_tensor
-from schedulers import AveragingScheduler, ImpulseNoiseScheduler, ddpm_scheduler, forward_process
+from mnist_diffusion.evaluation.training_logs import plot_runs, runs_figure
+from mnist_diffusion.models import CourseworkCNN
+from mnist_diffusion.pipelines import ColdDiffusionPipeline
+from mnist_diffusion.pipelines.cold_diffusion import local_folder, start_images_tensor
+from mnist_diffusion.schedulers import (
+    AveragingScheduler,
+    ImpulseNoiseScheduler,
+    ddpm_scheduler,
+    forward_process,
+)
+from mnist_diffusion.training.train import LONG_SAMPLING_IMAGE_STEPS, long_sampling_notice
 from tests.conftest import PROJECT_ROOT, run_python
-from training.train import LONG_SAMPLING_IMAGE_STEPS, long_sampling_notice
 
 # ----- start_images: any sequence of images ----------------------------------------------------------------
 

@@ -20,17 +20,16 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from PIL import Image
 
-from app import demo
-from models import CourseworkCNN
-from pipelines import FlowMatchingPipeline, load_pipeline, save_pipeline
-from pipelines.sampling import generate
-from publishing import hub
-from schedulers import FORWARD_PROCESSES, FlowMatchingProcess, forward_process
-from tests.conftest import run_python
-from training.train import parse_args
+from mnist_diffusion.app import demo
+from mnist_diffusion.models import CourseworkCNN
+from mnist_diffusion.pipelines import FlowMatchingPipeline, load_pipeline, save_pipeline
+from mnist_diffusion.pipelines.sampling import generate
+from mnist_diffusion.publishing import hub
+from mnist_diffusion.schedulers import FORWARD_PROCESSES, FlowMatchingProcess, forward_process
+from mnist_diffusion.training.train import parse_args
+from tests.conftest import run_python, run_without_the_project
 
 T = 20
-PROJECT_PACKAGES = ("models", "schedulers", "pipelines", "training", "evaluation", "publishing", "app")
 
 
 def flow_process(**options) -> FlowMatchingProcess:
@@ -115,7 +114,7 @@ def test_the_training_density_survives_save_and_load(tmp_path):
 
 def test_flow_options_are_flags_and_other_processes_options_are_refused():
     args = parse_args(["--degradation", "flow", "--timestep_density", "uniform", "--shift", "2"])
-    from training.train import make_process
+    from mnist_diffusion.training.train import make_process
 
     process = make_process(args)
     assert process.name == "flow" and process.scheduler.config.shift == 2.0
@@ -259,25 +258,6 @@ def test_the_saved_folder_is_portable(tiny_flow_folder):
     }
     loaded = load_pipeline(tiny_flow_folder)
     assert isinstance(loaded, FlowMatchingPipeline) and forward_process(loaded).name == "flow"
-
-
-def run_without_the_project(code: str, cwd: Path):
-    """Run ``code`` in a fresh process that cannot import any package of this project."""
-    block = textwrap.dedent(
-        f"""
-        import sys
-
-        class BlockProject:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in {PROJECT_PACKAGES!r}:
-                    raise ImportError(f"{{name}} belongs to the project")
-
-        sys.meta_path.insert(0, BlockProject())
-        """
-    )
-    script = cwd / "use_without_the_project.py"
-    script.write_text(block + code)
-    return run_python(str(script), cwd=cwd)
 
 
 def test_plain_diffusers_loads_and_samples_it_without_the_project(tiny_flow_folder, tmp_path):

@@ -10,17 +10,17 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
 
-from models import CourseworkCNN
-from schedulers import (
+from mnist_diffusion.models import CourseworkCNN
+from mnist_diffusion.schedulers import (
     FORWARD_PROCESSES,
     NOISE_SCHEDULES,
     AveragingScheduler,
     factory_options,
     forward_process,
 )
+from mnist_diffusion.training.objective import training_batch
+from mnist_diffusion.training.train import build_parser, make_process, parse_args
 from tests.conftest import PROJECT_ROOT
-from training.objective import training_batch
-from training.train import build_parser, make_process, parse_args
 
 NAMES = sorted(FORWARD_PROCESSES)
 
@@ -162,7 +162,7 @@ def test_only_the_protocol_asks_which_kind_a_process_is():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_a_seed_gives_the_same_images_whatever_the_batch_size(name):
-    from pipelines.sampling import generate
+    from mnist_diffusion.pipelines.sampling import generate
 
     process = small_process(name)
     process.fit(clean_images(40), generator=torch.Generator().manual_seed(0))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -21,11 +20,11 @@ from diffusers import DDIMScheduler
 from huggingface_hub import ModelCard
 from PIL import Image
 
-from models import CourseworkCNN, unet_preset
-from publishing import hub
-from schedulers import FORWARD_PROCESSES, forward_process
-from tests.conftest import run_python
-from training.train import build_parser, parse_args, process_options
+from mnist_diffusion.models import CourseworkCNN, unet_preset
+from mnist_diffusion.publishing import hub
+from mnist_diffusion.schedulers import FORWARD_PROCESSES, forward_process
+from mnist_diffusion.training.train import build_parser, parse_args, process_options
+from tests.conftest import run_python, run_without_the_project
 
 REPO_ID = "someone/tiny-ddpm"
 # The shape of scripts/evaluate.py's output.
@@ -53,7 +52,6 @@ METRICS = {
     "figures": {"samples": "outputs/run/eval/metrics_samples.png"},
 }
 # Importing any of these in the loading process would mean the upload is not self-contained.
-PROJECT_PACKAGES = ("models", "schedulers", "pipelines", "training", "evaluation", "publishing", "app")
 # The names --degradation accepts, from the trainer's own parser.
 DEGRADATION_NAMES = tuple(build_parser()._option_string_actions["--degradation"].choices)
 # Small settings keep the tiny pipelines fast (T, and the sizes that follow from it).
@@ -133,25 +131,6 @@ def saved_training_config(folder: Path, *flags: str) -> dict:
 
 def card_snippet(card_text: str) -> str:
     return re.search(r"```python\n(.*?)```", card_text, re.DOTALL).group(1)
-
-
-def run_without_the_project(code: str, tmp_path: Path):
-    """Run ``code`` in a fresh process in ``tmp_path`` that cannot import any package of this project."""
-    block_project = textwrap.dedent(
-        f"""
-        import sys
-
-        class BlockProject:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in {PROJECT_PACKAGES!r}:
-                    raise ImportError(f"{{name}} belongs to the project, which a Hub user does not have")
-
-        sys.meta_path.insert(0, BlockProject())
-        """
-    )
-    script = tmp_path / "use_card_snippet.py"
-    script.write_text(block_project + code)
-    return run_python(str(script), cwd=tmp_path)
 
 
 def _files(folder: Path) -> set[str]:

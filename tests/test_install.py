@@ -1,4 +1,5 @@
-"""The Makefile's install logic, run against a fake virtual environment (no package is installed).
+"""The Makefile's install logic, run against a fake virtual environment (no package is installed), and what
+the project installs: ``mnist_diffusion.*`` only, no generic top-level name such as ``models``.
 
 The fake venv's ``bin/python`` logs every ``-m pip`` call instead of running it and hands everything else
 (the index probe) to the real interpreter, so these tests exercise the real recipe in well under a second.
@@ -7,18 +8,21 @@ The fake venv's ``bin/python`` logs every ``-m pip`` call instead of running it 
 from __future__ import annotations
 
 import http.server
+import importlib.metadata
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import threading
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECT_ROOT, SUBPROCESS_TIMEOUT_S
+from tests.conftest import PROJECT_ROOT, SUBPROCESS_TIMEOUT_S, run_python
 
 MAKE = shutil.which("make")
 pytestmark = pytest.mark.skipif(MAKE is None, reason="no `make` on the PATH (the README's commands need it)")
@@ -150,3 +154,69 @@ def test_the_cpu_index_is_the_default_only_without_nvidia_smi(tmp_path: Path, ha
     assert result.returncode == 0, result.stderr
     expected = "" if has_nvidia_smi else "https://download.pytorch.org/whl/cpu"
     assert result.stdout.strip() == f"index={expected}"
+
+
+# ----- what the project installs ----------------------------------------------------------------------------
+
+DISTRIBUTION = "mnist-diffusion"
+PACKAGE = "mnist_diffusion"
+# The folders at the project root that install as mnist_diffusion.<folder> (setup.cfg's package_dir); they
+# were once installed as top-level packages of these generic names.
+PACKAGE_FOLDERS = ("models", "schedulers", "pipelines", "training", "evaluation", "publishing", "app")
+PACKAGE_DATA = ("configs/*.yaml", "mnist_classifier/*.json", "mnist_classifier/*.safetensors")
+
+
+def test_every_package_folder_installs_under_mnist_diffusion() -> None:
+    # A new package folder at the root needs its line in setup.cfg's packages and package_dir.
+    assert {path.parent.name for path in PROJECT_ROOT.glob("*/__init__.py")} == set(PACKAGE_FOLDERS)
+
+
+def test_the_installed_distribution_has_no_generic_top_level_name() -> None:
+    top_level = (importlib.metadata.distribution(DISTRIBUTION).read_text("top_level.txt") or "").split()
+    assert top_level == [PACKAGE], f"installed top-level names {top_level}: reinstall (make install)"
+    provided = importlib.metadata.packages_distributions()
+    assert [name for name, dists in provided.items() if DISTRIBUTION in dists] == [PACKAGE]
+    # From a folder outside the project (which is then not on sys.path), only mnist_diffusion.* imports.
+    code = (
+        "import importlib.util, json\n"
+        f"names = {PACKAGE_FOLDERS!r}\n"
+        "generic = [name for name in names if importlib.util.find_spec(name)]\n"
+        f"renamed = [name for name in names if importlib.util.find_spec('{PACKAGE}.' + name)]\n"
+        "import mnist_diffusion.pipelines, mnist_diffusion.app.demo\n"
+        "print(json.dumps([generic, renamed]))\n"
+    )
+    result = run_python("-c", code, cwd=Path(os.path.abspath(os.sep)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [[], list(PACKAGE_FOLDERS)]
+
+
+def test_the_wheel_holds_mnist_diffusion_with_its_data_and_nothing_else(tmp_path: Path) -> None:
+    try:
+        version = importlib.metadata.version("setuptools")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("no setuptools in this environment (pip builds the wheel in an isolated one)")
+    if tuple(int(part) for part in version.split(".")[:2]) < (70, 1):  # bdist_wheel without `wheel`
+        pytest.skip(f"setuptools {version} needs the wheel package to build a wheel")
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("setup.cfg", "pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(PROJECT_ROOT / name, source / name)
+    for folder in PACKAGE_FOLDERS:
+        shutil.copytree(PROJECT_ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    build = f"from setuptools import build_meta; print(build_meta.build_wheel({str(tmp_path / 'dist')!r}))"
+    result = run_python("-c", build, cwd=source)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Warning" not in result.stdout + result.stderr, result.stderr[-3000:]
+    wheel = tmp_path / "dist" / result.stdout.strip().splitlines()[-1]
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {name.split("/")[0] for name in names if ".dist-info/" not in name} == {PACKAGE}
+    assert f"{PACKAGE}/__init__.py" not in names  # a namespace package, as in the editable install
+    expected = {
+        f"{PACKAGE}/{path.relative_to(source).as_posix()}"
+        for folder in PACKAGE_FOLDERS
+        for pattern in ("**/*.py", *PACKAGE_DATA)
+        for path in (source / folder).glob(pattern)
+    }
+    assert f"{PACKAGE}/training/configs/quickstart.yaml" in expected
+    assert f"{PACKAGE}/models/mnist_classifier/diffusion_pytorch_model.safetensors" in expected
+    assert sorted(expected - names) == []

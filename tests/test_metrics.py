@@ -13,7 +13,7 @@ from diffusers.utils import BaseOutput
 from scipy import stats
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from evaluation.metrics import (
+from mnist_diffusion.evaluation.metrics import (
     SampleQuality,
     check_images01,
     classify,
@@ -22,11 +22,11 @@ from evaluation.metrics import (
     restoration_quality,
     split_to_unit_range,
 )
-from models import CourseworkCNN
-from models.mnist_classifier import PRETRAINED_DIR, load_mnist_classifier
-from pipelines import ColdDiffusionPipeline
-from schedulers import ImpulseNoiseScheduler, ddpm_scheduler, forward_process
-from training.data import ImageSplit, load_split, to_model_range, to_unit_range
+from mnist_diffusion.models import CourseworkCNN
+from mnist_diffusion.models.mnist_classifier import PRETRAINED_DIR, load_mnist_classifier
+from mnist_diffusion.pipelines import ColdDiffusionPipeline
+from mnist_diffusion.schedulers import ImpulseNoiseScheduler, ddpm_scheduler, forward_process
+from mnist_diffusion.training.data import ImageSplit, load_split, to_model_range, to_unit_range
 
 NUM_SAMPLES = 500
 

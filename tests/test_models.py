@@ -2,8 +2,8 @@ import pytest
 import torch
 from diffusers import DDPMPipeline, UNet2DModel
 
-from models import CourseworkCNN, unet_preset
-from schedulers import ddpm_scheduler
+from mnist_diffusion.models import CourseworkCNN, unet_preset
+from mnist_diffusion.schedulers import ddpm_scheduler
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
-from schedulers import NOISE_SCHEDULES, ddpm_scheduler, make_betas
+from mnist_diffusion.schedulers import NOISE_SCHEDULES, ddpm_scheduler, make_betas
 
 
 def test_linear_is_the_coursework_default():

@@ -13,11 +13,16 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from schedulers import FORWARD_PROCESSES, GaussianBlurScheduler, ddpm_scheduler, forward_process
+from mnist_diffusion.schedulers import (
+    FORWARD_PROCESSES,
+    GaussianBlurScheduler,
+    ddpm_scheduler,
+    forward_process,
+)
+from mnist_diffusion.training import train as train_module
+from mnist_diffusion.training.objective import assign_noise, compute_loss, per_image_loss, training_batch
+from mnist_diffusion.training.train import check_mixed_precision, cpu_has_native_bf16, parse_args
 from tests.conftest import run_python
-from training import train as train_module
-from training.objective import assign_noise, compute_loss, per_image_loss, training_batch
-from training.train import check_mixed_precision, cpu_has_native_bf16, parse_args
 
 T = 50
 GAMMA = 5.0
@@ -259,8 +264,8 @@ def test_emulated_bf16_is_refused_unless_allowed(monkeypatch):
 
 
 def test_training_with_min_snr_and_immiscible_saves_a_pipeline_that_samples(synthetic_mnist, tmp_path):
-    from pipelines import load_pipeline
-    from pipelines.sampling import generate
+    from mnist_diffusion.pipelines import load_pipeline
+    from mnist_diffusion.pipelines.sampling import generate
 
     output = tmp_path / "run"
     result = run_python(

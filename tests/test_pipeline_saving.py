@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from models import CourseworkCNN
-from pipelines import load_pipeline, save_pipeline
-from schedulers import FORWARD_PROCESSES, forward_process
+from mnist_diffusion.models import CourseworkCNN
+from mnist_diffusion.pipelines import load_pipeline, save_pipeline
+from mnist_diffusion.schedulers import FORWARD_PROCESSES, forward_process
 
 
 def tiny_pipeline(name: str = "gaussian", num_train_timesteps: int = 10):

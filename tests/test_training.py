@@ -9,7 +9,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from models import CourseworkCNN
+from mnist_diffusion.models import CourseworkCNN
 from tests.conftest import PROJECT_ROOT, run_python
 
 TINY = [
@@ -222,7 +222,7 @@ def test_unknown_config_key_is_rejected(tmp_path):
 
 
 def test_shipped_configs_parse():
-    from training.train import parse_args
+    from mnist_diffusion.training.train import parse_args
 
     # The distill_*.yaml configs are distill.py's (tests/test_distill.py parses them).
     for config in sorted((PROJECT_ROOT / "training" / "configs").glob("*.yaml")):

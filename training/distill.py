@@ -15,12 +15,13 @@ clean image that makes the student's step land on the teacher's two-step result,
 error on that clean image weighted by ``max(SNR, 1)`` (the paper's truncated-SNR weighting).
 
 Every round's student is a pipeline folder (``OUTPUT_DIR/steps-N/``; the last one also ``OUTPUT_DIR``),
-saved with :func:`pipelines.save_pipeline` and sampled by the project's tools like any other: a Gaussian
-student is a stock ``DDPMPipeline`` with a stock ``DDIMScheduler`` (``v_prediction`` by default, trailing
-timesteps), a flow student a ``FlowMatchingPipeline`` with a stock ``FlowMatchEulerDiscreteScheduler`` whose
-noise levels are evenly spaced (``shift_terminal = 1 / N``); both scheduler configs carry
-``_default_steps: N``, which the forward-process protocol reads for the default step count.
-``distillation.json`` beside each records the distillation's wall-clock and CPU seconds up to that student.
+saved with :func:`mnist_diffusion.pipelines.save_pipeline` and sampled by the project's tools like any other:
+a Gaussian student is a stock ``DDPMPipeline`` with a stock ``DDIMScheduler`` (``v_prediction`` by default,
+trailing timesteps), a flow student a ``FlowMatchingPipeline`` with a stock
+``FlowMatchEulerDiscreteScheduler`` whose noise levels are evenly spaced (``shift_terminal = 1 / N``); both
+scheduler configs carry ``_default_steps: N``, which the forward-process protocol reads for the default step
+count. ``distillation.json`` beside each records the distillation's wall-clock and CPU seconds up to that
+student.
 """
 
 from __future__ import annotations
@@ -48,17 +49,17 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from pipelines.loading import load_pipeline
-from pipelines.sampling import generate, save_grid
-from pipelines.saving import save_pipeline
-from schedulers import forward_process
-from schedulers.forward_process import DEFAULT_STEPS_KEY
-from schedulers.gaussian import DEGRADATION_KEY
-from training.cli import ArgumentParser, run_cli
-from training.data import MNIST, load_split, to_model_range
-from training.files import write_text
-from training.objective import per_image_loss
-from training.train import MetricsLog, _config_argv, save_checkpoint, start_or_resume
+from mnist_diffusion.pipelines.loading import load_pipeline
+from mnist_diffusion.pipelines.sampling import generate, save_grid
+from mnist_diffusion.pipelines.saving import save_pipeline
+from mnist_diffusion.schedulers import forward_process
+from mnist_diffusion.schedulers.forward_process import DEFAULT_STEPS_KEY
+from mnist_diffusion.schedulers.gaussian import DEGRADATION_KEY
+from mnist_diffusion.training.cli import ArgumentParser, run_cli
+from mnist_diffusion.training.data import MNIST, load_split, to_model_range
+from mnist_diffusion.training.files import write_text
+from mnist_diffusion.training.objective import per_image_loss
+from mnist_diffusion.training.train import MetricsLog, _config_argv, save_checkpoint, start_or_resume
 
 logger = get_logger(__name__)
 
@@ -141,8 +142,8 @@ class GaussianDDIM(DeterministicSampler):
     """DDIM (``eta = 0``, trailing timesteps) for a Gaussian model; the student is a stock ``DDIMScheduler``.
 
     Example:
-        >>> from schedulers import ddpm_scheduler
-        >>> from training.distill import GaussianDDIM
+        >>> from mnist_diffusion.schedulers import ddpm_scheduler
+        >>> from mnist_diffusion.training.distill import GaussianDDIM
         >>> sampler = GaussianDDIM()
         >>> student = sampler.student_scheduler(ddpm_scheduler("cosine"), 4)
         >>> type(student).__name__, student.config.prediction_type, student.config["_default_steps"]
@@ -201,8 +202,8 @@ class FlowEuler(DeterministicSampler):
     one of the few steps on almost nothing).
 
     Example:
-        >>> from schedulers import flow_matching_scheduler
-        >>> from training.distill import FlowEuler
+        >>> from mnist_diffusion.schedulers import flow_matching_scheduler
+        >>> from mnist_diffusion.training.distill import FlowEuler
         >>> sampler = FlowEuler()
         >>> student = sampler.student_scheduler(flow_matching_scheduler(), 4)
         >>> [round(s, 4) for s in sampler.grid(student, 4).sigma.tolist()]
@@ -275,7 +276,7 @@ def ddim_step(
 
     Example:
         >>> import torch
-        >>> from training.distill import ddim_step
+        >>> from mnist_diffusion.training.distill import ddim_step
         >>> x0, noise = torch.tensor([0.5]), torch.tensor([2.0])
         >>> one = torch.tensor([1.0])
         >>> ddim_step(x0, 0.6 * x0 + 0.8 * noise, 0.6 * one, 0.8 * one, one, 0 * one)  # the last step: x0
@@ -299,7 +300,7 @@ def clean_target(
 
     Example:
         >>> import torch
-        >>> from training.distill import clean_target, ddim_step
+        >>> from mnist_diffusion.training.distill import clean_target, ddim_step
         >>> x, x0 = torch.tensor([0.3]), torch.tensor([-0.2])
         >>> a, s, a2, s2 = (torch.tensor([v]) for v in (0.6, 0.8, 0.8, 0.6))
         >>> torch.allclose(clean_target(x, ddim_step(x0, x, a, s, a2, s2), a, s, a2, s2), x0)
@@ -391,7 +392,7 @@ class Plan:
         steps_per_round: optimisation steps of each round.
 
     Example:
-        >>> from training.distill import Plan
+        >>> from mnist_diffusion.training.distill import Plan
         >>> plan = Plan(teacher_steps=16, student_steps=1, steps_per_round=100)
         >>> plan.students, plan.total_steps, plan.position(250)
         ([8, 4, 2, 1], 400, (2, 50))
@@ -535,7 +536,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     The teacher is loaded here: a folder that is not a Gaussian or flow pipeline is refused before any work.
 
     Example:
-        >>> from training.distill import parse_args
+        >>> from mnist_diffusion.training.distill import parse_args
         >>> args = parse_args(["--teacher", "outputs/fast_cpu_flow"])  # doctest: +SKIP
         >>> args.teacher_steps, args.student_steps  # doctest: +SKIP
         (16, 1)
@@ -870,7 +871,7 @@ def distill(args: argparse.Namespace) -> torch.nn.Module:
     """Run the distillation described by ``args``; returns the last student network.
 
     Example:
-        >>> from training.distill import distill, parse_args
+        >>> from mnist_diffusion.training.distill import distill, parse_args
         >>> argv = ["--teacher", "outputs/fast_cpu_flow", "--output_dir", "outputs/flow_students"]
         >>> distill(parse_args(argv))  # doctest: +SKIP
     """

@@ -42,7 +42,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
 
     Example:
         >>> import numpy as np
-        >>> from training.files import atomic_output
+        >>> from mnist_diffusion.training.files import atomic_output
         >>> with atomic_output("outputs/samples.npy") as temporary:  # doctest: +SKIP
         ...     np.save(temporary, np.zeros((4, 28, 28), np.float32))
     """

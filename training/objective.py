@@ -2,7 +2,8 @@
 
 Everything that depends on the forward process (how timesteps are drawn, the model input and target, the
 default loss, min-SNR weights, whether it draws Gaussian noise) is asked of the
-:class:`~schedulers.ForwardProcess`; this module only composes the answers. Two options act on any process
+:class:`~mnist_diffusion.schedulers.ForwardProcess`; this module only composes the answers. Two options act on
+any process
 that supports them:
 
 - min-SNR-gamma weighting (Hang et al., 2023): :func:`loss_weights`, passed to :func:`compute_loss`;
@@ -23,8 +24,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from schedulers import ForwardProcess
-from training.data import to_model_range
+from mnist_diffusion.schedulers import ForwardProcess
+from mnist_diffusion.training.data import to_model_range
 
 Loss = Literal["l1", "l2"]
 
@@ -49,8 +50,8 @@ def training_batch(
 
     Example:
         >>> import torch
-        >>> from schedulers import ddpm_scheduler, forward_process
-        >>> from training.objective import training_batch
+        >>> from mnist_diffusion.schedulers import ddpm_scheduler, forward_process
+        >>> from mnist_diffusion.training.objective import training_batch
         >>> process = forward_process(ddpm_scheduler(num_train_timesteps=100))
         >>> x0 = torch.rand(8, 1, 28, 28) * 2 - 1
         >>> model_input, timesteps, target = training_batch(process, x0, immiscible=True)
@@ -86,7 +87,7 @@ def drop_labels(
 
     Example:
         >>> import torch
-        >>> from training.objective import drop_labels
+        >>> from mnist_diffusion.training.objective import drop_labels
         >>> labels = torch.arange(10)
         >>> drop_labels(labels, 0.0, 10).tolist() == labels.tolist()  # nothing dropped
         True
@@ -136,7 +137,7 @@ def assign_noise(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
 
     Example:
         >>> import torch
-        >>> from training.objective import assign_noise
+        >>> from mnist_diffusion.training.objective import assign_noise
         >>> x0 = torch.tensor([[0.0], [10.0]])
         >>> assign_noise(x0, torch.tensor([[9.0], [1.0]])).flatten().tolist()
         [1.0, 9.0]
@@ -158,8 +159,8 @@ def loss_weights(
 
     Example:
         >>> import torch
-        >>> from schedulers import ddpm_scheduler, forward_process
-        >>> from training.objective import compute_loss, loss_weights
+        >>> from mnist_diffusion.schedulers import ddpm_scheduler, forward_process
+        >>> from mnist_diffusion.training.objective import compute_loss, loss_weights
         >>> process = forward_process(ddpm_scheduler(num_train_timesteps=100))
         >>> weights = loss_weights(process, torch.tensor([5, 95]), snr_gamma=5.0)
         >>> loss = compute_loss(torch.zeros(2, 1, 4, 4), torch.ones(2, 1, 4, 4), "l2", weights)
@@ -196,7 +197,7 @@ def compute_loss(
 
     Example:
         >>> import torch
-        >>> from training.objective import compute_loss
+        >>> from mnist_diffusion.training.objective import compute_loss
         >>> prediction, target = torch.zeros(2, 1, 2, 2), torch.ones(2, 1, 2, 2)
         >>> compute_loss(prediction, target, "l2", weights=torch.tensor([1.0, 0.0])).item()
         0.5

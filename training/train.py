@@ -5,7 +5,7 @@ Shaped like Diffusers' ``examples/unconditional_image_generation/train_unconditi
     accelerate launch training/train.py --config training/configs/quickstart.yaml [--key value ...]
 
 Flags given on the command line override the YAML config. The objective comes from the forward process
-(``--degradation``, see :data:`schedulers.FORWARD_PROCESSES`): it draws the timesteps, builds
+(``--degradation``, see :data:`mnist_diffusion.schedulers.FORWARD_PROCESSES`): it draws the timesteps, builds
 ``(model_input, target)`` pairs and names the default loss; each process's own options are flags too. At the
 end the pipeline is saved with ``save_pretrained(OUTPUT_DIR)``.
 """
@@ -37,15 +37,27 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-from models import UNET_PRESETS, CourseworkCNN, unet_preset
-from pipelines.guidance import balanced_labels, null_class_label
-from pipelines.sampling import generate, save_grid
-from pipelines.saving import save_pipeline
-from schedulers import FORWARD_PROCESSES, PROCESS_TYPES, ForwardProcess, factory_options, forward_process
-from training.cli import ArgumentParser, run_cli
-from training.data import MNIST, check_dataset_name, load_split, to_model_range, uint8_to_unit_range
-from training.files import write_text
-from training.objective import (
+from mnist_diffusion.models import UNET_PRESETS, CourseworkCNN, unet_preset
+from mnist_diffusion.pipelines.guidance import balanced_labels, null_class_label
+from mnist_diffusion.pipelines.sampling import generate, save_grid
+from mnist_diffusion.pipelines.saving import save_pipeline
+from mnist_diffusion.schedulers import (
+    FORWARD_PROCESSES,
+    PROCESS_TYPES,
+    ForwardProcess,
+    factory_options,
+    forward_process,
+)
+from mnist_diffusion.training.cli import ArgumentParser, run_cli
+from mnist_diffusion.training.data import (
+    MNIST,
+    check_dataset_name,
+    load_split,
+    to_model_range,
+    uint8_to_unit_range,
+)
+from mnist_diffusion.training.files import write_text
+from mnist_diffusion.training.objective import (
     compute_loss,
     drop_labels,
     held_out_losses,
@@ -384,7 +396,7 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
         cpuinfo: the text of ``/proc/cpuinfo`` (default: read it).
 
     Example:
-        >>> from training.train import cpu_has_native_bf16
+        >>> from mnist_diffusion.training.train import cpu_has_native_bf16
         >>> cpu_has_native_bf16("flags : fpu sse avx2 fma")
         False
         >>> cpu_has_native_bf16("flags : fpu avx2 avx512f avx512_bf16")
@@ -410,7 +422,7 @@ def check_mixed_precision(mixed_precision: str, allow_emulated_bf16: bool = Fals
         ValueError: one line saying why, unless ``allow_emulated_bf16``.
 
     Example:
-        >>> from training.train import check_mixed_precision
+        >>> from mnist_diffusion.training.train import check_mixed_precision
         >>> check_mixed_precision("no")  # fp32 is always allowed
         >>> check_mixed_precision("bf16", allow_emulated_bf16=True)  # and bf16 when asked for explicitly
     """
@@ -973,7 +985,7 @@ class Trainer:
     def sample_quality(self, pipeline) -> dict[str, float]:
         """FID/KID/IS/class balance of ``--eval_num_images`` samples against the validation images."""
         if self.evaluator is None:
-            from evaluation.metrics import SampleQuality
+            from mnist_diffusion.evaluation.metrics import SampleQuality
 
             # Built once: the reference features are computed here and kept for the whole run.
             logger.info("Computing the reference features of the validation images for FID ...")
@@ -1006,7 +1018,7 @@ class Trainer:
             save_pipeline(self.process.make_pipeline(final_model), self.output_dir)
             logger.info("Saved the pipeline to %s", self.output_dir)
             if args.push_to_hub:
-                from publishing.hub import push_pipeline
+                from mnist_diffusion.publishing.hub import push_pipeline
 
                 url = push_pipeline(self.output_dir, args.hub_model_id, args.hub_private_repo, args.hub_token)
                 logger.info("Uploaded the pipeline to %s", url)
