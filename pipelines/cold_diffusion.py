@@ -20,14 +20,13 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import DiffusionPipeline
-from diffusers.image_processor import VaeImageProcessor
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.pipelines.pipeline_loading_utils import LOADABLE_CLASSES
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
 from .guidance import ClassLabelGuidance, ClassLabels
-from .pipeline_utils import StepCallbackMixin, StepEndCallback, copy_module_code
+from .pipeline_utils import GrayscaleImagePipeline, StepEndCallback, copy_module_code
 
 SAMPLING_METHODS = ("improved", "naive", "direct")
 OUTPUT_TYPES = ("pil", "np", "pt")
@@ -110,7 +109,7 @@ class ColdDiffusionPipelineOutput(BaseOutput):
     images: list[PIL.Image.Image] | object
 
 
-class ColdDiffusionPipeline(StepCallbackMixin, DiffusionPipeline):
+class ColdDiffusionPipeline(GrayscaleImagePipeline):
     """Generate or restore images with a restoration model and a cold-diffusion scheduler.
 
     Args:
@@ -122,17 +121,9 @@ class ColdDiffusionPipeline(StepCallbackMixin, DiffusionPipeline):
     ``class_labels`` and ``guidance_scale`` (see :mod:`mnist_diffusion.pipelines.guidance`).
     """
 
-    model_cpu_offload_seq = "unet"
     # What `callback_on_step_end` may ask for: the sample after the step (`latents`, as Diffusers names the
     # sample in every pipeline) and the step's estimate of the clean images.
     _callback_tensor_inputs = ["latents", "pred_original_sample"]
-
-    def __init__(self, unet: ModelMixin, scheduler: SchedulerMixin):
-        super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler)
-        self.image_processor = VaeImageProcessor(do_resize=False, do_convert_grayscale=True)
-        self._num_timesteps = 0
-        self._interrupt = False
 
     def check_inputs(
         self,

@@ -35,14 +35,6 @@ class DDPMCallbackPipeline(StepCallbackMixin, DDPMPipeline):
         scheduler: a Diffusers scheduler built from the trained ``DDPMScheduler`` (DDPM, DDIM, DPM-Solver++).
     """
 
-    # What `callback_on_step_end` may ask for: the sample after each step (`latents`, as Diffusers names it).
-    _callback_tensor_inputs = ["latents"]
-
-    def __init__(self, unet: torch.nn.Module, scheduler):
-        super().__init__(unet=unet, scheduler=scheduler)
-        self._num_timesteps = 0
-        self._interrupt = False
-
     def check_inputs(self, callback_on_step_end_tensor_inputs: Sequence[str] | None) -> None:
         """Raise ``ValueError`` if the callback asks for a tensor the pipeline does not offer."""
         self.check_callback_inputs(callback_on_step_end_tensor_inputs)

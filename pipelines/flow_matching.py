@@ -11,21 +11,18 @@ import os
 from collections.abc import Sequence
 
 import torch
-from diffusers import DiffusionPipeline, ImagePipelineOutput
-from diffusers.image_processor import VaeImageProcessor
-from diffusers.models.modeling_utils import ModelMixin
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from .guidance import ClassLabelGuidance, ClassLabels
-from .pipeline_utils import StepCallbackMixin, StepEndCallback, ship_code
+from .pipeline_utils import GrayscaleImagePipeline, StepEndCallback, ship_code
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 
 __all__ = ["FlowMatchingPipeline", "ship_code"]
 
 
-class FlowMatchingPipeline(StepCallbackMixin, DiffusionPipeline):
+class FlowMatchingPipeline(GrayscaleImagePipeline):
     """Generate images with a velocity model and a flow-match scheduler (Euler or Heun), from Gaussian noise.
 
     The loop of Diffusers' Stable Diffusion 3 pipeline without its text encoders: start from ``noise`` at
@@ -42,17 +39,9 @@ class FlowMatchingPipeline(StepCallbackMixin, DiffusionPipeline):
     ``class_labels`` and ``guidance_scale`` (see :mod:`mnist_diffusion.pipelines.guidance`).
     """
 
-    model_cpu_offload_seq = "unet"
     # What `callback_on_step_end` may ask for: the sample after the step (`latents`) and the clean image the
     # step's velocity points at, `latents - s * velocity`.
     _callback_tensor_inputs = ["latents", "pred_original_sample"]
-
-    def __init__(self, unet: ModelMixin, scheduler: SchedulerMixin):
-        super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler)
-        self.image_processor = VaeImageProcessor(do_resize=False, do_convert_grayscale=True)
-        self._num_timesteps = 0
-        self._interrupt = False
 
     def check_inputs(
         self,

@@ -1,8 +1,9 @@
 """What every sampling pipeline of the project shares: the step callback, and shipping its own code.
 
 :class:`StepCallbackMixin` is Diffusers' ``callback_on_step_end`` convention written once (the checked tensor
-inputs, the ``num_timesteps`` and ``interrupt`` properties, the call after each step); :func:`ship_code`
-copies a pipeline's code into its saved folder.
+inputs, the ``num_timesteps`` and ``interrupt`` properties, the call after each step);
+:class:`GrayscaleImagePipeline` is the network-and-scheduler pipeline it serves; :func:`ship_code` copies a
+pipeline's code into its saved folder.
 
 This file imports only torch, diffusers and the standard library, and no sibling module: the pipeline
 modules import it relatively, and a saved pipeline ships it beside them, so that
@@ -23,6 +24,9 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.dynamic_modules_utils import get_relative_import_files
 
 # `callback_on_step_end(pipeline, step_index, timestep, callback_kwargs) -> callback_kwargs`, as in Diffusers.
@@ -105,6 +109,23 @@ class StepCallbackMixin:
         callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs}
         callback_outputs = callback_on_step_end(self, step_index, timestep, callback_kwargs)
         return callback_outputs.pop("latents", latents)
+
+
+class GrayscaleImagePipeline(StepCallbackMixin, DiffusionPipeline):
+    """One network (``unet``) and one scheduler that generate grey-scale images, with Diffusers' step
+    callback: the base of the project's own (non-DDPM) pipelines.
+
+    Args:
+        unet: the network the scheduler's steps call.
+        scheduler: the scheduler of the reverse process.
+    """
+
+    model_cpu_offload_seq = "unet"
+
+    def __init__(self, unet: ModelMixin, scheduler: SchedulerMixin):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+        self.image_processor = VaeImageProcessor(do_resize=False, do_convert_grayscale=True)
 
 
 def ship_code(pipeline: DiffusionPipeline, folder: str | os.PathLike) -> None:
