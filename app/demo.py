@@ -7,15 +7,20 @@ degradation and whether it restores images. It samples as :func:`mnist_diffusion
 does (the same seed gives the same images) and records the reverse process with the pipelines'
 ``callback_on_step_end``.
 
+A class-conditional model (``--class_conditional``) also offers a digit to draw (``any``: unconditional
+samples) and the classifier-free guidance scale; these controls are hidden for unconditional models.
+
 One request cannot hold the demo: the models are those offered at start-up (unless ``allow_any_model``), each
 request has a budget of images x network calls and a time limit (:class:`Limits`), the queue is bounded, and
-a run whose client has gone stops within a few network calls (:func:`stream_run`).
+a run whose client has gone stops within a few network calls (:func:`stream_run`). A guided request (a digit
+and a scale other than 0 and 1) costs twice: each of its network calls sees the batch doubled.
 """
 
 from __future__ import annotations
 
 import contextvars
 import logging
+import math
 import tempfile
 import threading
 import time
@@ -31,7 +36,8 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
-from mnist_diffusion.pipelines import load_pipeline
+from mnist_diffusion.pipelines import is_class_conditional, load_pipeline
+from mnist_diffusion.pipelines.guidance import num_classes
 from mnist_diffusion.pipelines.sampling import image_generators, image_grid
 from mnist_diffusion.schedulers import ForwardProcess, forward_process
 from mnist_diffusion.training.data import LOCAL_MNIST, load_split, to_model_range, to_unit_range
@@ -77,6 +83,11 @@ STEPS_AHEAD = 2
 MAX_GIF_FILES = 16
 
 UNKNOWN_MODEL = "unknown model; choose one of the offered models"
+# The digit picker of class-conditional models: "any" samples unconditionally, a digit asks for it.
+ANY_DIGIT = "any"
+# The guidance-scale slider: its range and default (1: the model as trained, without guidance's extra cost).
+MAX_GUIDANCE_SCALE = 10.0
+DEFAULT_GUIDANCE_SCALE = 1.0
 
 
 @dataclass(frozen=True)
@@ -101,15 +112,23 @@ class Limits:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
-    def check_budget(self, num_images: int, calls: int) -> None:
+    def check_budget(self, num_images: int, calls: int, guided: bool = False) -> None:
         """Refuse a request of ``num_images`` x ``calls`` network calls over :attr:`max_image_steps`.
+
+        Args:
+            num_images: the images of the request.
+            calls: the network calls of its run.
+            guided: whether it is guided (classifier-free guidance), which doubles each call's batch: it
+                counts twice.
 
         Raises:
             ValueError: naming the request and the limit.
         """
-        if num_images * calls > self.max_image_steps:
+        cost = num_images * calls * (2 if guided else 1)
+        if cost > self.max_image_steps:
+            twice = " x 2 (guidance: two predictions per image)" if guided else ""
             raise ValueError(
-                f"{num_images} image(s) x {calls} network call(s) = {num_images * calls} is over this demo's "
+                f"{num_images} image(s) x {calls} network call(s){twice} = {cost} is over this demo's "
                 f"limit of {self.max_image_steps} images x network calls per request; ask for fewer images "
                 "or steps"
             )
@@ -198,6 +217,49 @@ def describe(name: str, pipeline: DiffusionPipeline) -> str:
 def sampler_choices(process: ForwardProcess) -> list[tuple[str, str]]:
     """``(label, name)`` of each sampler of the process, for the sampler radio buttons."""
     return [(sampler.label, name) for name, sampler in process.samplers.items()]
+
+
+def digit_choices(pipeline: DiffusionPipeline | None) -> list[str]:
+    """The digit picker's choices: ``any`` and each class of a class-conditional pipeline (none otherwise)."""
+    classes = num_classes(pipeline) if pipeline is not None else None
+    return [ANY_DIGIT, *map(str, range(classes))] if classes else []
+
+
+def check_digit(pipeline: DiffusionPipeline, digit: str | int | None) -> int | None:
+    """The class asked for: ``None`` for ``any`` (or nothing), else the digit as an int.
+
+    Raises:
+        ValueError: for a digit with an unconditional model, or one that is not a class of the model.
+    """
+    if not asks_for_digit(digit):
+        return None
+    classes = num_classes(pipeline)
+    if classes is None:
+        raise ValueError(f"this model is unconditional: it cannot be asked for a digit; choose {ANY_DIGIT!r}")
+    text = str(digit).strip()
+    if not text.isdigit() or int(text) >= classes:
+        raise ValueError(f"Digit must be {ANY_DIGIT!r} or one of 0 to {classes - 1}, got {digit!r}")
+    return int(text)
+
+
+def check_guidance(value: float | None) -> float:
+    """``value`` as a guidance scale in ``[0, MAX_GUIDANCE_SCALE]``.
+
+    Raises:
+        ValueError: when it is missing, not a number or out of range.
+    """
+    try:
+        scale = float(value)
+    except (TypeError, ValueError):
+        scale = math.nan
+    if not 0 <= scale <= MAX_GUIDANCE_SCALE:
+        raise ValueError(f"Guidance scale must be a number between 0 and {MAX_GUIDANCE_SCALE:g}, got {value}")
+    return scale
+
+
+def asks_for_digit(digit: str | None) -> bool:
+    """Whether the digit picker asks for a digit (not ``any``)."""
+    return digit is not None and str(digit).strip().lower() not in ("", ANY_DIGIT)
 
 
 def check_int(label: str, value: float | None, low: int, high: int) -> int:
@@ -302,7 +364,8 @@ def run_pipeline(
             (``start_images``) has one generator, which :func:`degraded_start` also uses.
         num_images: how many images (one batch).
         control: the step callback, which may stop the run (a new one without limits by default).
-        **call_kwargs: further pipeline arguments (``start_images``, ``start_timestep``).
+        **call_kwargs: further pipeline arguments (``start_images``, ``start_timestep``, ``class_labels``,
+            ``guidance_scale``).
 
     Returns:
         The images ``(N, 1, H, W)`` in ``[0, 1]`` and the sample after each step, in ``[0, 1]``.
@@ -414,6 +477,8 @@ def sample_images(
     steps: float | None,
     num_images: float | None,
     seed: float | None,
+    digit: str | int | None = ANY_DIGIT,
+    guidance_scale: float | None = DEFAULT_GUIDANCE_SCALE,
     *,
     limits: Limits | None = None,
     control: RunControl | None = None,
@@ -421,12 +486,16 @@ def sample_images(
     """Draw samples; returns the gallery images, the reverse-process GIF and the time taken.
 
     Args:
+        digit: for a class-conditional model, the digit every image is asked for (``"3"`` or ``3``);
+            ``"any"`` samples unconditionally (the only choice for an unconditional model).
+        guidance_scale: with a digit, the classifier-free guidance weight in ``[0, MAX_GUIDANCE_SCALE]``
+            (ignored without one); a guided request (not 0 or 1) counts twice against the budget.
         limits: the budget and time limit (the demo's defaults when ``None``).
         control: the step callback (one with ``limits``' time limit when ``None``).
 
     Raises:
-        ValueError: on a bad number of images, steps, seed or sampler, a request over the budget, or a run
-            stopped at the time limit.
+        ValueError: on a bad number of images, steps, seed, sampler, digit or guidance scale, a request over
+            the budget, or a run stopped at the time limit.
         RunCancelled: if ``control`` was cancelled.
     """
     limits = limits or Limits()
@@ -435,14 +504,20 @@ def sample_images(
     steps = check_int("Steps", steps, 1, process.num_train_timesteps)
     seed = check_int("Seed", seed, 0, MAX_SEED)
     process.check_sampler(sampler, steps)
-    limits.check_budget(num_images, steps)
+    label = check_digit(pipeline, digit)
+    conditioning = {}
+    if label is not None:
+        conditioning = {"class_labels": label, "guidance_scale": check_guidance(guidance_scale)}
+    limits.check_budget(num_images, steps, guided=conditioning.get("guidance_scale", 1) not in (0, 1))
     start = time.perf_counter()
     images, frames = run_pipeline(
-        pipeline, sampler, steps, seed, num_images, control or RunControl(limits.time_limit_s)
+        pipeline, sampler, steps, seed, num_images, control or RunControl(limits.time_limit_s), **conditioning
     )
     elapsed = time.perf_counter() - start
-    label = process.samplers[sampler].label
-    report = f"{num_images} image(s), {label}, {steps} steps: **{elapsed:.2f} s**"
+    what = f"{num_images} image(s)"
+    if label is not None:
+        what += f" of digit {label} (guidance scale {conditioning['guidance_scale']:g})"
+    report = f"{what}, {process.samplers[sampler].label}, {steps} steps: **{elapsed:.2f} s**"
     return [to_pil(image[None]) for image in images], reverse_process_gif(frames), report
 
 
@@ -668,13 +743,14 @@ def build_demo(
     process = forward_process(first) if first else None
     sampler = process.default_sampler if process else None
     restores = process is not None and process.restores
+    conditional = first is not None and is_class_conditional(first)
     num_train_timesteps = process.num_train_timesteps if process else 1000
     first_t, last_t = process.timestep_range if process else (0, num_train_timesteps)
 
     with gr.Blocks(title="MNIST diffusion demo", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
-            "# MNIST diffusion\nGenerate digits with a Gaussian DDPM or a cold-diffusion model, and watch "
-            "the reverse process."
+            "# MNIST diffusion\nGenerate digits with a Gaussian DDPM, flow-matching or cold-diffusion model "
+            "(a class-conditional one draws the digit you pick), and watch the reverse process."
         )
         gr.Markdown(notice, visible=bool(notice), elem_id="notice")
         with gr.Row():
@@ -709,6 +785,27 @@ def build_demo(
                     elem_id="num-images",
                 )
                 seed = gr.Number(0, label="Seed", precision=0, elem_id="seed")
+                # Class-conditional models only: which digit, and how hard to guide towards it.
+                class_digit = gr.Dropdown(
+                    digit_choices(first) or [ANY_DIGIT],
+                    value=ANY_DIGIT,
+                    label="Digit",
+                    info="The digit a class-conditional model draws; 'any': unconditional samples.",
+                    visible=conditional,
+                    elem_id="class-digit",
+                )
+                guidance = gr.Slider(
+                    0,
+                    MAX_GUIDANCE_SCALE,
+                    value=DEFAULT_GUIDANCE_SCALE,
+                    step=0.5,
+                    label="Guidance scale",
+                    info="Classifier-free guidance w: 1 samples the model as trained, 0 ignores the digit, "
+                    "more pushes harder towards it (and costs twice the network calls).",
+                    visible=conditional,
+                    interactive=False,  # until a digit is picked
+                    elem_id="guidance-scale",
+                )
                 generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=2):
                 gallery = gr.Gallery(
@@ -753,24 +850,34 @@ def build_demo(
             pipeline = _loaded(store, name)
             process = forward_process(pipeline)
             low, high = process.timestep_range
+            digits = digit_choices(pipeline)
             return (
                 describe(name, pipeline),
                 gr.Radio(choices=sampler_choices(process), value=process.default_sampler),
                 gr.Number(value=process.default_steps(), info=f"1 to {process.num_train_timesteps}"),
                 gr.Accordion(visible=process.restores),
                 gr.Slider(minimum=low, maximum=high, value=(low + high + 1) // 2),
+                gr.Dropdown(choices=digits or [ANY_DIGIT], value=ANY_DIGIT, visible=bool(digits)),
+                gr.Slider(value=DEFAULT_GUIDANCE_SCALE, visible=bool(digits), interactive=False),
             )
+
+        def select_digit(digit_value: str | None):
+            # The guidance scale only matters once a digit is asked for.
+            return gr.Slider(interactive=asks_for_digit(digit_value))
 
         def select_sampler(name: str, sampler_name: str | None):
             if not sampler_name:
                 return gr.Number()
             return forward_process(_loaded(store, name)).default_steps(sampler_name)
 
-        def run_sampling(name, sampler_name, steps_value, count, seed_value, progress=TRACK_TQDM):
+        def run_sampling(
+            name, sampler_name, steps_value, count, seed_value, digit_value, scale, progress=TRACK_TQDM
+        ):
             pipeline = _loaded(store, name)
             yield from stream_run(
-                sample_images, pipeline, sampler_name, steps_value, count, seed_value, limits=limits
-            )
+                sample_images, pipeline, sampler_name, steps_value, count, seed_value, digit_value, scale,
+                limits=limits,
+            )  # fmt: skip
 
         def run_restore(name, sampler_name, steps_value, image, t, seed_value, progress=TRACK_TQDM):
             pipeline = _loaded(store, name)
@@ -789,14 +896,15 @@ def build_demo(
         model.change(
             select_model,
             model,
-            [about, sampler_choice, steps, restore_panel, timestep],
+            [about, sampler_choice, steps, restore_panel, timestep, class_digit, guidance],
             show_progress="minimal",
         )
         sampler_choice.input(select_sampler, [model, sampler_choice], steps)
+        class_digit.change(select_digit, class_digit, guidance, show_progress="hidden")
         # One worker for everything that runs the network: runs share the loaded networks and the CPU.
         generate_button.click(
             run_sampling,
-            [model, sampler_choice, steps, num_images, seed],
+            [model, sampler_choice, steps, num_images, seed, class_digit, guidance],
             [gallery, animation, timing],
             api_name="generate",
             concurrency_id="sampling",

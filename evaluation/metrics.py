@@ -135,11 +135,13 @@ class SampleEvaluation:
         metrics: scalar metrics by name (``fid``, ``kid_mean``, ``inception_score_mean``, ...).
         class_counts: how many samples the classifier assigns to each class.
         confidences: the classifier's top softmax probability for each sample, shape ``(N,)``.
+        predictions: the class the classifier assigns to each sample, shape ``(N,)``.
     """
 
     metrics: dict[str, float]
     class_counts: list[int]
     confidences: torch.Tensor = field(repr=False)
+    predictions: torch.Tensor | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, float | list[int]]:
         """The scalar metrics and the class histogram, ready for JSON."""
@@ -264,25 +266,37 @@ class SampleQuality:
         return self._floors[num_images]
 
     @torch.no_grad()
-    def evaluate(self, images01: torch.Tensor) -> SampleEvaluation:
+    def evaluate(
+        self, images01: torch.Tensor, labels: torch.Tensor | list[int] | None = None
+    ) -> SampleEvaluation:
         """Score samples.
 
         Args:
             images01: float samples ``(N, 1, 28, 28)`` in ``[0, 1]``, ``N >= 2``.
+            labels: for samples of a class-conditional model, the class each one was asked for (``N`` ints);
+                adds ``conditional_accuracy``, the fraction the classifier assigns to their requested class.
 
         Returns:
             ``fid`` (and ``fid_floor`` with a ``floor_reference``), ``kid_mean``, ``kid_std``,
             ``inception_score_mean``, ``inception_score_std`` (over the splits), ``class_entropy`` (entropy
             of the predicted-class histogram over ``log(num_classes)``: 1 is perfectly balanced),
-            ``mean_confidence`` (mean top softmax probability) and ``num_images``, with the histogram and
-            the per-sample confidences.
+            ``mean_confidence`` (mean top softmax probability), ``num_images`` and, with ``labels``,
+            ``conditional_accuracy``; with the histogram and the per-sample confidences and predictions.
 
         Raises:
-            ValueError: if ``images01`` is not a valid batch of at least two images.
+            ValueError: if ``images01`` is not a valid batch of at least two images, or ``labels`` are not
+                one class index per sample.
         """
         images01 = check_images01(images01, "samples")
         if len(images01) < 2:
             raise ValueError(f"at least 2 samples are needed for FID and KID, got {len(images01)}")
+        if labels is not None:
+            labels = torch.as_tensor(labels)
+            if labels.shape != (len(images01),) or labels.is_floating_point():
+                raise ValueError(
+                    f"labels must be one class index per sample ({len(images01)}), got shape "
+                    f"{tuple(labels.shape)} and dtype {labels.dtype}"
+                )
         fid, kid_mean, kid_std = self._distances(images01)
         metrics = {"num_images": float(len(images01)), "fid": fid}
         if self.floor_reference is not None:
@@ -309,7 +323,9 @@ class SampleQuality:
             ).item(),
             "mean_confidence": confidences.mean().item(),
         }
-        return SampleEvaluation(metrics, counts.tolist(), confidences)
+        if labels is not None:
+            metrics["conditional_accuracy"] = (predictions == labels).double().mean().item()
+        return SampleEvaluation(metrics, counts.tolist(), confidences, predictions)
 
 
 def evaluate_samples(

@@ -109,12 +109,19 @@ def image_generators(seed: int, num_images: int, device: torch.device | str = "c
     return [torch.Generator(device=device).manual_seed(int(value)) for value in seeds]
 
 
-def image_grid(images01: torch.Tensor) -> torch.Tensor:
-    """A near-square grid of a ``(N, 1, H, W)`` batch in ``[0, 1]``, with 2-pixel white gutters."""
-    return make_grid(images01, nrow=math.ceil(math.sqrt(len(images01))), padding=2, pad_value=1.0)
+def image_grid(images01: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
+    """A grid of a ``(N, 1, H, W)`` batch in ``[0, 1]``, with 2-pixel white gutters.
+
+    Args:
+        images01: the images, filling the grid row by row.
+        nrow: images per row; by default a near-square grid.
+    """
+    nrow = nrow or math.ceil(math.sqrt(len(images01)))
+    return make_grid(images01, nrow=nrow, padding=2, pad_value=1.0)
 
 
-def save_grid(images01: torch.Tensor, path: str | os.PathLike) -> None:
-    """Save :func:`image_grid` of ``images01`` as a PNG (atomically), creating the folder if needed."""
+def save_grid(images01: torch.Tensor, path: str | os.PathLike, nrow: int | None = None) -> None:
+    """Save :func:`image_grid` of ``images01`` (``nrow`` images per row) as a PNG, atomically, creating the
+    folder if needed."""
     with atomic_output(path) as temporary:
-        save_image(image_grid(images01), temporary)
+        save_image(image_grid(images01, nrow), temporary)

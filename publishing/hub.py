@@ -10,7 +10,10 @@ into place only once complete, so a failure never leaves a half-written folder.
 
 The card asks the pipeline's forward process (:func:`mnist_diffusion.schedulers.forward_process`) for
 everything that differs between processes: its name, title, summary, objective, randomness, samplers and usage
-snippet.
+snippet. A class-conditional model (``--class_conditional``) also gets a section on how to ask for digits,
+the recommended guidance scale (measured by ``scripts/evaluate.py --guidance_curve`` when it was run) and its
+measured conditional accuracy (from ``scripts/evaluate.py``, else the trainer's ``--eval_epochs`` log), and a
+usage snippet that asks for the digits 0 to 9 at that scale.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from safetensors import safe_open
 
 from mnist_diffusion.pipelines import load_pipeline, make_portable
 from mnist_diffusion.pipelines.cold_diffusion import imported_class
+from mnist_diffusion.pipelines.guidance import balanced_labels
 from mnist_diffusion.pipelines.sampling import generate, save_grid
 from mnist_diffusion.schedulers import ForwardProcess, forward_process
 from mnist_diffusion.training.data import FASHION_MNIST, MNIST
@@ -61,6 +65,7 @@ _METRIC_ROWS = (
     ("kid", "KID ↓"),
     ("inception_score", "Inception-style score ↑ (max 10)"),
     ("class_entropy", "Class balance: normalised entropy of the predicted digits ↑ (1 = uniform)"),
+    ("conditional_accuracy", "Conditional accuracy ↑: samples the classifier reads as the digit asked for"),
     ("mean_confidence", "Mean classifier confidence ↑"),
     ("images_per_second", "Sampling speed (images / s)"),
 )
@@ -74,7 +79,12 @@ _METRIC_SETTINGS = (
     "start",
     "seed",
     "sampling_seconds",
+    "guidance_scale",
+    "class_labels",
+    "recommended_guidance_scale",
 )
+# A class-conditional model's guidance scale when nothing was measured: the model as trained.
+DEFAULT_GUIDANCE_SCALE = 1.0
 # The trainer settings the card's training table shows first (when they applied to the run).
 _MAIN_TRAINING_SETTINGS = (
     "num_epochs",
@@ -106,7 +116,11 @@ CARD_TEMPLATE = """---
 ```python
 {{ usage }}
 ```
+{% if conditioning %}
+## Class-conditional generation
 
+{{ conditioning }}
+{% endif %}
 ## Model
 
 {{ model_table }}
@@ -184,7 +198,17 @@ def build_model_card(
     dataset = _dataset_id(str(training.get("dataset_name", MNIST)))
     size = model_config.get("sample_size", "?")
 
+    classes = model_config.get("num_class_embeds")
+    classes = int(classes) - 1 if classes else None  # the last class embedding is the no-class label
+    metrics = metrics or {}
+    logged = _logged_quality(folder)
+    guidance = recommended_guidance(metrics) if classes else None
     tags = ["diffusion", "mnist", process.family, process.name]
+    tags += ["class-conditional", "classifier-free-guidance"] if classes else []
+    # A conditional model's snippet asks for each digit once, at the recommended guidance scale.
+    conditional_call = {}
+    if classes:
+        conditional_call = {"class_labels": list(range(classes)), "guidance_scale": guidance[0]}
     card_data = ModelCardData(
         library_name="diffusers",
         pipeline_tag="unconditional-image-generation",
@@ -200,7 +224,8 @@ def build_model_card(
         title=f"{process.label} on {dataset_name}",
         description=_description(process, index),
         sample_grid=sample_grid,
-        usage=process.usage(repo_id),
+        usage=process.usage(repo_id, **conditional_call),
+        conditioning=_conditioning(classes, guidance, metrics, logged, training) if classes else "",
         model_table=_table(
             [
                 ("Pipeline", f"`{_class_name(index['_class_name'])}`"),
@@ -214,8 +239,83 @@ def build_model_card(
         process_heading="Forward process",
         process=_process(process, scheduler_config, training),
         training=_training(training, process),
-        evaluation=_evaluation(metrics or {}, _logged_quality(folder), training, process),
+        evaluation=_evaluation(metrics, logged, training, process),
     )
+
+
+def recommended_guidance(metrics: dict[str, Any]) -> tuple[float, str]:
+    """A class-conditional model's recommended guidance scale, and where it comes from (for the card).
+
+    The lowest-FID scale of ``scripts/evaluate.py --guidance_curve`` when it was run, else the scale the model
+    was evaluated at, else :data:`DEFAULT_GUIDANCE_SCALE` (the model as trained).
+    """
+    measured = metrics.get("recommended_guidance_scale")
+    if _is_number(measured):
+        return float(measured), (
+            "of the guided scales on the guidance curve that `scripts/evaluate.py --guidance_curve` "
+            "measured, the one of lowest FID (see Evaluation); larger scales trade diversity for adherence"
+        )
+    if _is_number(metrics.get("guidance_scale")):
+        return float(metrics["guidance_scale"]), (
+            "the scale it was evaluated at; `scripts/evaluate.py --guidance_curve` measures accuracy and FID "
+            "at several"
+        )
+    return DEFAULT_GUIDANCE_SCALE, (
+        "the model as trained, since no guidance curve was measured: `scripts/evaluate.py --guidance_curve` "
+        "measures accuracy and FID at several scales"
+    )
+
+
+def _count(value: Any) -> str:
+    """A count of samples followed by a space (``1,000 ``), or nothing when it is not a number."""
+    return f"{int(value):,} " if _is_number(value) and float(value).is_integer() else ""
+
+
+def _conditioning(
+    classes: int,
+    guidance: tuple[float, str],
+    metrics: dict[str, Any],
+    logged: dict[str, Any],
+    training: dict[str, Any],
+) -> str:
+    """The card's section on a class-conditional model: how to ask for digits, the scale, the accuracy."""
+    dropout = training.get("label_dropout")
+    trained = "trained with `--class_conditional`" + (
+        f", label dropout {dropout:g}" if _is_number(dropout) else ""
+    )
+    scale, why = guidance
+    text = (
+        f"This model is **class-conditional** ({trained}): the pipeline takes `class_labels`, the digit of "
+        f"each image (one int in 0..{classes - 1} for all images, or one per image), and `guidance_scale` "
+        "`w`, classifier-free guidance (Ho & Salimans, 2022), which mixes the conditional and the "
+        "unconditional prediction as `uncond + w * (cond - uncond)`: `w = 1` (the default) samples the model "
+        "as trained, `w = 0` unconditionally (as does leaving `class_labels` out), and a larger `w` pushes "
+        "each image harder towards its digit, computing both predictions in one network call on a doubled "
+        f"batch.\n\nRecommended guidance scale: **{scale:g}** ({why}); the snippet above uses it."
+    )
+    if _is_number(metrics.get("conditional_accuracy")):
+        count = metrics.get("num_images")
+        at = metrics.get("guidance_scale", DEFAULT_GUIDANCE_SCALE)
+        text += (
+            f"\n\nConditional accuracy: **{metrics['conditional_accuracy']:.1%}** of "
+            f"{_count(count)}samples drawn at `w = {at:g}`, every digit "
+            "asked for equally often, are read as the digit asked for by the project's MNIST classifier "
+            "(`scripts/evaluate.py`)."
+        )
+    elif _is_number(logged.get("conditional_accuracy")):
+        count = logged.get("num_images")
+        text += (
+            f"\n\nConditional accuracy: **{logged['conditional_accuracy']:.1%}** of "
+            f"{_count(count)}samples drawn at `w = 1`, the digits asked "
+            "for in turn, are read as the digit asked for by the project's MNIST classifier (the trainer's "
+            "latest evaluation, `--eval_epochs`)."
+        )
+    else:
+        text += (
+            "\n\nConditional accuracy: not measured yet; `scripts/evaluate.py` reports it (the fraction of "
+            "samples that the project's MNIST classifier reads as the digit asked for)."
+        )
+    return text
 
 
 def applied_training_config(training: dict[str, Any], process: ForwardProcess) -> dict[str, Any]:
@@ -611,7 +711,7 @@ def _evaluation(
         ]
         if settings:
             text += f". Samples: {', '.join(settings)}"
-        return f"{text}.\n\n{_metric_table(metrics)}"
+        return f"{text}.\n\n{_metric_table(metrics)}{_guidance_curve_table(metrics)}"
     if logged:
         sampler = training.get("sampler") or process.default_sampler
         steps = training.get("sample_inference_steps") or process.default_steps(sampler)
@@ -632,6 +732,27 @@ def _evaluation(
         "Not evaluated yet: run `scripts/evaluate.py` on the pipeline folder to add FID, KID, "
         "Inception score and class balance."
     )
+
+
+def _guidance_curve_table(metrics: dict[str, Any]) -> str:
+    """The guidance curve of ``scripts/evaluate.py --guidance_curve`` as a table, when there is one."""
+    rows = metrics.get("guidance_curve")
+    if not isinstance(rows, list) or not rows or not all(isinstance(row, dict) for row in rows):
+        return ""
+    lines = [
+        "",
+        "",
+        "Guidance curve (the same seed at every scale, every digit asked for equally often):",
+        "",
+        "| Guidance scale `w` | Conditional accuracy ↑ | FID ↓ | FID floor | Class entropy |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        cells = [row.get(key) for key in ("conditional_accuracy", "fid", "fid_floor", "class_entropy")]
+        shown = [_format(value) if _is_number(value) else "-" for value in cells]
+        scale = row.get("guidance_scale")
+        lines.append(f"| {_format(scale) if _is_number(scale) else '?'} | {' | '.join(shown)} |")
+    return "\n".join(lines)
 
 
 def _metric_table(metrics: dict[str, Any]) -> str:
@@ -675,4 +796,7 @@ def _write_sample_grid(folder: Path, path: Path) -> None:
         return
     pipeline = load_pipeline(str(folder))
     steps = min(CARD_SAMPLE_STEPS, pipeline.scheduler.config.num_train_timesteps)
-    save_grid(generate(pipeline, NUM_CARD_SAMPLES, num_inference_steps=steps, seed=0), path)
+    # A class-conditional model draws the digits in turn (at w = 1), as the trainer's grids do.
+    labels = balanced_labels(pipeline, NUM_CARD_SAMPLES)
+    images = generate(pipeline, NUM_CARD_SAMPLES, num_inference_steps=steps, seed=0, class_labels=labels)
+    save_grid(images, path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from functools import partial
 
 import torch
@@ -115,7 +116,9 @@ class ColdProcess(ForwardProcess):
             f"degraded training inputs and of std {sample:g} after every sampling step but the last."
         )
 
-    def usage(self, repo_id: str) -> str:
+    def usage(
+        self, repo_id: str, class_labels: Sequence[int] | None = None, guidance_scale: float | None = None
+    ) -> str:
         """Sampling with :attr:`default_sampler`, chosen by the pipeline call's ``sampler`` argument."""
         choices = (f'#   "{name}": {sampler.label}' for name, sampler in self.samplers.items())
         return usage_snippet(
@@ -123,6 +126,8 @@ class ColdProcess(ForwardProcess):
             self.default_steps(),
             setup=("# sampler= picks one of", *choices),
             call=f', sampler="{self.default_sampler}"',
+            class_labels=class_labels,
+            guidance_scale=guidance_scale,
         )
 
     def _probe_images(self) -> torch.Tensor:

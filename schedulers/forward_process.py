@@ -17,7 +17,7 @@ import inspect
 import re
 import typing
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -152,15 +152,26 @@ class ForwardProcess(ABC):
     def summary(self) -> str:
         """A Markdown paragraph for people: the process, what the network learns, where sampling starts."""
 
-    def usage(self, repo_id: str) -> str:
+    def usage(
+        self, repo_id: str, class_labels: Sequence[int] | None = None, guidance_scale: float | None = None
+    ) -> str:
         """Python that draws 16 samples with :attr:`default_sampler` where this project is not installed.
 
         The model card's usage snippet: the pipeline saved at ``repo_id`` (a Hub id or a folder) is loaded
         with ``trust_remote_code=True``, which loads the custom classes shipped beside the weights. This
         default samples with the pipeline's saved scheduler; processes that pick a sampler otherwise override
-        it.
+        it, passing ``class_labels`` and ``guidance_scale`` on to :func:`usage_snippet`.
+
+        Args:
+            repo_id: the Hub id or folder to load.
+            class_labels: for a class-conditional model, the digits to draw, one image each (the call's
+                ``class_labels``); ``None``: an unconditional model's 16 samples.
+            guidance_scale: with ``class_labels``, the classifier-free guidance weight of the call (``None``:
+                the pipeline's default, 1).
         """
-        return usage_snippet(repo_id, self.default_steps())
+        return usage_snippet(
+            repo_id, self.default_steps(), class_labels=class_labels, guidance_scale=guidance_scale
+        )
 
     def fit(self, x0_train: torch.Tensor, generator: torch.Generator | None = None) -> None:  # noqa: B027
         """Fit what the process needs from the training data before sampling (nothing by default)."""
@@ -216,7 +227,13 @@ class ForwardProcess(ABC):
 
 
 def usage_snippet(
-    repo_id: str, num_inference_steps: int, imports: str = "", setup: tuple[str, ...] = (), call: str = ""
+    repo_id: str,
+    num_inference_steps: int,
+    imports: str = "",
+    setup: tuple[str, ...] = (),
+    call: str = "",
+    class_labels: Sequence[int] | None = None,
+    guidance_scale: float | None = None,
 ) -> str:
     """A usage snippet (see :meth:`ForwardProcess.usage`): load, ``setup`` lines, then sample and save one.
 
@@ -226,7 +243,49 @@ def usage_snippet(
         imports: names imported from ``diffusers`` besides ``DiffusionPipeline`` (``", DDIMScheduler"``).
         setup: lines run on the loaded ``pipe`` before sampling.
         call: extra keyword arguments of the pipeline call (``', sampler="naive"'``).
+        class_labels: for a class-conditional model: the digits of the call, one image each (its
+            ``batch_size``); ``None``: 16 unconditional samples.
+        guidance_scale: with ``class_labels``: the call's classifier-free guidance weight (``None``: left
+            out, the pipeline's default of 1).
+
+    Example:
+        >>> from mnist_diffusion.schedulers.forward_process import usage_snippet
+        >>> print(usage_snippet("someone/model", 25, class_labels=[0, 7], guidance_scale=3.0))
+        ... # doctest: +NORMALIZE_WHITESPACE
+        import torch
+        from diffusers import DiffusionPipeline
+        <BLANKLINE>
+        pipe = DiffusionPipeline.from_pretrained("someone/model", trust_remote_code=True)
+        generator = torch.Generator().manual_seed(0)
+        # A class-conditional model: one digit per image (0-9), guided with weight guidance_scale
+        # (uncond + w * (cond - uncond); 1: the model as trained, 0: unconditional).
+        images = pipe(
+            batch_size=2,
+            num_inference_steps=25,
+            generator=generator,
+            class_labels=[0, 7],
+            guidance_scale=3.0,
+        ).images
+        images[0].save("sample.png")
     """
+    if class_labels is None:
+        sampling = [
+            f"images = pipe(batch_size=16, num_inference_steps={num_inference_steps}, "
+            f"generator=generator{call}).images"
+        ]
+    else:
+        labels = [int(label) for label in class_labels]
+        arguments = [f"batch_size={len(labels)}", f"num_inference_steps={num_inference_steps}"]
+        arguments += ["generator=generator", *([call.removeprefix(", ")] if call else [])]
+        arguments += [f"class_labels={labels}"]
+        arguments += [f"guidance_scale={float(guidance_scale)!r}"] if guidance_scale is not None else []
+        sampling = [
+            "# A class-conditional model: one digit per image (0-9), guided with weight guidance_scale",
+            "# (uncond + w * (cond - uncond); 1: the model as trained, 0: unconditional).",
+            "images = pipe(",
+            *(f"    {argument}," for argument in arguments),
+            ").images",
+        ]
     return "\n".join(
         [
             "import torch",
@@ -235,8 +294,7 @@ def usage_snippet(
             f'pipe = DiffusionPipeline.from_pretrained("{repo_id}", trust_remote_code=True)',
             *setup,
             "generator = torch.Generator().manual_seed(0)",
-            f"images = pipe(batch_size=16, num_inference_steps={num_inference_steps}, "
-            f"generator=generator{call}).images",
+            *sampling,
             'images[0].save("sample.png")',
         ]
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from diffusers import (
     DDIMScheduler,
@@ -165,11 +167,15 @@ class GaussianProcess(ForwardProcess):
             "schedule."
         )
 
-    def usage(self, repo_id: str) -> str:
+    def usage(
+        self, repo_id: str, class_labels: Sequence[int] | None = None, guidance_scale: float | None = None
+    ) -> str:
         """Sampling with DPM-Solver++, built as ``_dpm_solver`` builds it (keep the two in step)."""
         return usage_snippet(
             repo_id,
             self.default_steps(),
+            class_labels=class_labels,
+            guidance_scale=guidance_scale,
             imports=", DPMSolverMultistepScheduler",
             setup=(
                 f"# DDPM uses all {self.num_train_timesteps} steps; DPM-Solver++ from the same config needs "
@@ -228,6 +234,10 @@ class GaussianDDIMProcess(GaussianProcess):
             f"{self.default_steps()} DDIM steps with the saved scheduler."
         )
 
-    def usage(self, repo_id: str) -> str:
+    def usage(
+        self, repo_id: str, class_labels: Sequence[int] | None = None, guidance_scale: float | None = None
+    ) -> str:
         """Sampling with the saved DDIM scheduler in the student's own number of steps."""
-        return usage_snippet(repo_id, self.default_steps())
+        return usage_snippet(
+            repo_id, self.default_steps(), class_labels=class_labels, guidance_scale=guidance_scale
+        )

@@ -7,6 +7,8 @@
     python scripts/benchmark.py --section fewstep                           # flow teacher, ~70 min; resumes
     python scripts/benchmark.py --section fewstep --process gaussian        # Gaussian teacher, ~2 h
     python scripts/benchmark.py --section fewstep --quick                   # smoke run, under a minute
+    python scripts/benchmark.py --section conditional                       # labels and guidance; resumes
+    python scripts/benchmark.py --section conditional --quick               # smoke run, synthetic data
 
 ``--section speed`` (the default) writes the results as JSON and as a markdown table (``README.md`` beside
 the JSON unless ``--markdown`` says otherwise) and prints the table; see
@@ -19,6 +21,10 @@ teacher (``outputs/fast_cpu_flow`` or ``outputs/fast_cpu``, trained first from i
 holds no pipeline) with ``training/distill.py`` and scores the teacher's full and fast samplers and its 4-, 2-
 and 1-step students side by side (:mod:`mnist_diffusion.evaluation.fewstep`) into
 ``benchmarks/fewstep_<process>.json`` and a Markdown table beside it; it resumes the same way.
+``--section conditional`` trains the quickstart recipe with and without ``--class_conditional`` side by side
+and every cold degradation with it, at equal budgets, and scores FID, the conditional accuracy and guidance
+curves (:mod:`mnist_diffusion.evaluation.conditional_benchmark`) into ``benchmarks/conditional.json`` and a
+Markdown table beside it; it resumes the same way.
 """
 
 from __future__ import annotations
@@ -58,7 +64,12 @@ from mnist_diffusion.evaluation.quality import (
 from mnist_diffusion.pipelines import load_pipeline
 from mnist_diffusion.schedulers import forward_process
 from mnist_diffusion.training.cli import ArgumentParser, run_cli
-from mnist_diffusion.training.data import default_mnist, load_split, write_synthetic_mnist
+from mnist_diffusion.training.data import (
+    default_fashion_mnist,
+    default_mnist,
+    load_split,
+    write_synthetic_mnist,
+)
 from mnist_diffusion.training.files import check_writable, write_text
 from mnist_diffusion.training.train import parse_args as parse_train_args
 
@@ -105,7 +116,7 @@ QUIET_TRAINING = {
 }
 
 
-SECTIONS = ("speed", "quality", "fewstep")
+SECTIONS = ("speed", "quality", "fewstep", "conditional")
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 # Per teacher process: the teacher's folder and recipe, and the distillation's config.
 FEWSTEP_PRESETS = {
@@ -165,7 +176,9 @@ def add_section_flag(parser: argparse.ArgumentParser) -> None:
         default="speed",
         help="speed: training throughput, samplers and quality per budget (default); quality: FID per "
         "CPU-minute of each training recipe; fewstep: a teacher against its distilled 4-, 2- and 1-step "
-        "students (see `--section quality --help`, `--section fewstep --help`)",
+        "students; conditional: class-conditional training and guidance, the quickstart recipe and every "
+        "cold degradation (see `--section quality --help`, `--section fewstep --help`, `--section "
+        "conditional --help`)",
     )
 
 
@@ -526,6 +539,169 @@ def fewstep_main(argv: list[str], command: str) -> None:
     print(f"wrote {args.output} and {args.markdown}")
 
 
+# --section conditional --quick: tiny networks trained for two steps on synthetic data, every sampler capped
+# at 2 steps, 20 samples per score (2 of each digit).
+CONDITIONAL_QUICK_TRAIN_FLAGS = (
+    "--max_train_steps=2",
+    "--train_batch_size=8",
+    "--num_validation_images=16",
+    "--eval_batch_size=16",
+    "--num_sample_images=2",
+    "--sample_inference_steps=2",
+    "--eval_num_images=4",
+    "--save_images_epochs=1000000",
+    "--checkpointing_steps=1000000",
+    "--lr_warmup_steps=0",
+    "--num_threads=1",
+)
+CONDITIONAL_QUICK = {"num_images": 20, "cold_steps": 2, "num_inference_steps": 2}
+
+
+def parse_conditional_args(argv: list[str]) -> argparse.Namespace:
+    """Flags of ``--section conditional``; every value is checked before any training."""
+    from mnist_diffusion.evaluation.conditional import DEFAULT_GUIDANCE_SCALES, check_guidance_scales
+    from mnist_diffusion.evaluation.conditional_benchmark import COLD_DEGRADATIONS, COLD_STEPS
+    from mnist_diffusion.training.train import NUM_CLASSES
+
+    parser = ArgumentParser(
+        description="Class-conditional generation at equal budget: the quickstart recipe with and without "
+        "labels, and every cold degradation with them; FID, conditional accuracy and guidance curves."
+    )
+    add_section_flag(parser)
+    parser.add_argument("--quick", action="store_true", help="smoke run on synthetic data, a minute or two")
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="results .json (default: benchmarks/conditional.json; --quick: "
+        "outputs/conditional_benchmark_quick/conditional.json); continued when it exists",
+    )
+    parser.add_argument("--markdown", default=None, help="Markdown table (default: --output with .md)")
+    parser.add_argument(
+        "--work_dir", default=None, help="training folders (default: outputs/conditional_benchmark[_quick])"
+    )
+    parser.add_argument(
+        "--dataset_name",
+        default=None,
+        help="Hub id or local parquet folder (default: ../shared/data/mnist when present; --quick: "
+        "synthetic)",
+    )
+    parser.add_argument(
+        "--target_dataset",
+        default=None,
+        help="the morph degradation's target images (default: ../shared/data/fashion_mnist when present; "
+        "--quick: the synthetic data)",
+    )
+    parser.add_argument(
+        "--num_images",
+        type=int,
+        default=None,
+        help=f"samples per score, a multiple of {NUM_CLASSES} (default 1000; --quick: 20)",
+    )
+    parser.add_argument(
+        "--guidance_scales",
+        type=float,
+        nargs="+",
+        default=list(DEFAULT_GUIDANCE_SCALES),
+        metavar="W",
+        help="the guidance curves' scales (default "
+        + " ".join(f"{scale:g}" for scale in DEFAULT_GUIDANCE_SCALES)
+        + ")",
+    )
+    parser.add_argument(
+        "--degradations",
+        nargs="+",
+        choices=COLD_DEGRADATIONS,
+        default=list(COLD_DEGRADATIONS),
+        help="the cold degradations to train and score, in this order (default: all)",
+    )
+    parser.add_argument(
+        "--cold_steps",
+        type=int,
+        default=None,
+        help=f"optimisation steps of every cold run, at its config's batch (default {COLD_STEPS}; "
+        "--quick: 2)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num_threads", type=int, default=None, help="torch threads for sampling and FID")
+    args = parser.parse_args(argv)
+    suffix = "_quick" if args.quick else ""
+    args.work_dir = Path(args.work_dir or f"outputs/conditional_benchmark{suffix}")
+    args.output = args.output or str(
+        args.work_dir / "conditional.json" if args.quick else Path("benchmarks/conditional.json")
+    )
+    args.markdown = Path(args.markdown or Path(args.output).with_suffix(".md"))
+    args.num_inference_steps = CONDITIONAL_QUICK["num_inference_steps"] if args.quick else None
+    defaults = CONDITIONAL_QUICK if args.quick else {"num_images": 1000, "cold_steps": COLD_STEPS}
+    for name in ("num_images", "cold_steps"):
+        if getattr(args, name) is None:
+            setattr(args, name, defaults[name])
+    if not args.output.endswith(".json"):
+        raise ValueError(f"--output {args.output!r} must end in .json")
+    if args.num_images < NUM_CLASSES or args.num_images % NUM_CLASSES:
+        raise ValueError(
+            f"--num_images must be a positive multiple of {NUM_CLASSES} (each digit asked for equally "
+            f"often), got {args.num_images}"
+        )
+    if args.cold_steps < 1:
+        raise ValueError(f"--cold_steps must be at least 1, got {args.cold_steps}")
+    if args.num_threads is not None and args.num_threads < 1:
+        raise ValueError(f"--num_threads must be at least 1, got {args.num_threads}")
+    if len(set(args.degradations)) != len(args.degradations):
+        raise ValueError(f"--degradations names one degradation twice: {args.degradations}")
+    try:
+        args.guidance_scales = check_guidance_scales(args.guidance_scales)
+    except ValueError as error:
+        raise ValueError(f"--guidance_scales: {error}") from None
+    check_writable(args.output)
+    check_writable(args.markdown, "--markdown")
+    return args
+
+
+def conditional_main(argv: list[str], command: str) -> None:
+    """``--section conditional``: train and score (resuming); write the JSON and the Markdown table."""
+    from mnist_diffusion.evaluation.conditional_benchmark import (
+        ConditionalPlan,
+        run_conditional,
+        write_report,
+    )
+    from mnist_diffusion.evaluation.conditional_benchmark import Results as ConditionalResults
+    from mnist_diffusion.evaluation.metrics import SampleQuality
+
+    args = parse_conditional_args(argv)
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    dataset, targets = args.dataset_name, args.target_dataset
+    if args.quick and dataset is None:
+        dataset = str(args.work_dir / "synthetic_mnist")
+        if not (Path(dataset) / "data").is_dir():
+            write_synthetic_mnist(dataset, 256, 64)
+    dataset = dataset or default_mnist()
+    targets = targets or (dataset if args.quick else default_fashion_mnist())
+    plan = ConditionalPlan(
+        work_dir=args.work_dir,
+        dataset_name=dataset,
+        target_dataset=targets,
+        num_images=args.num_images,
+        guidance_scales=args.guidance_scales,
+        seed=args.seed,
+        degradations=tuple(args.degradations),
+        cold_steps=args.cold_steps,
+        num_inference_steps=args.num_inference_steps,
+        train_flags=CONDITIONAL_QUICK_TRAIN_FLAGS if args.quick else (),
+        quick=args.quick,
+    )
+    # Every run's flags are checked (by train.py's own parser) before the first one trains.
+    for conditional in (False, True):
+        parse_train_args(plan.quickstart_argv(conditional))
+    for name in plan.degradations:
+        parse_train_args(plan.cold_argv(name))
+    results = ConditionalResults.open(Path(args.output), plan, command)
+    quality = SampleQuality(load_split(dataset, "test"), load_split(dataset, "train"), seed=args.seed)
+    data = run_conditional(plan, results, quality)
+    print(write_report(data, args.markdown))
+    print(f"wrote {args.output} and {args.markdown}")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = "python scripts/benchmark.py " + " ".join(argv)
@@ -533,7 +709,8 @@ def main(argv: list[str] | None = None) -> None:
     add_section_flag(section)
     chosen = section.parse_known_args(argv)[0].section
     if chosen != "speed":
-        {"quality": quality_main, "fewstep": fewstep_main}[chosen](argv, command)
+        sections = {"quality": quality_main, "fewstep": fewstep_main, "conditional": conditional_main}
+        sections[chosen](argv, command)
         return
     args = parse_args(argv)
     results = run(args, command)

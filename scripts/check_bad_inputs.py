@@ -38,8 +38,9 @@ class Case:
     arguments: tuple[str, ...]
 
 
-# A trained tiny pipeline ({work}/model), three corrupt copies, a YAML file with a syntax error and one with a
-# wrong-typed value, a dataset without an image column, and finished outputs ({work}/done) that must survive.
+# A trained tiny pipeline ({work}/model), a class-conditional one ({work}/conditional), three corrupt copies,
+# a YAML file with a syntax error and one with a wrong-typed value, a dataset without an image column, and
+# finished outputs ({work}/done) that must survive.
 CASES = (
     Case("training/train.py", "bad value", ("--learning_rate", "-1")),
     Case("training/train.py", "bad choice in YAML", ("--config", "{work}/wrong_choice.yaml")),
@@ -89,9 +90,74 @@ CASES = (
         ("--model", "{work}/model", "--sampler", "naive", "--output", "{work}/done/s.png"),
     ),
     Case(
+        "scripts/sample.py",
+        "digit out of range",
+        ("--model", "{work}/conditional", "--digits", "12", "--output", "{work}/done/s.png"),
+    ),
+    Case(
+        "scripts/sample.py",
+        "digits other than 0-9, all or any",
+        ("--model", "{work}/conditional", "--digits", "seven", "--output", "{work}/done/s.png"),
+    ),
+    Case(
+        "scripts/sample.py",
+        "as many digits as images",
+        (
+            "--model",
+            "{work}/conditional",
+            "--digits",
+            "1",
+            "2",
+            "--num_images",
+            "3",
+            "--output",
+            "{work}/done/s.png",
+        ),
+    ),  # fmt: skip
+    Case(
+        "scripts/sample.py",
+        "digits to an unconditional model",
+        ("--model", "{work}/model", "--digits", "3", "--output", "{work}/done/s.png"),
+    ),
+    Case(
+        "scripts/sample.py",
+        "negative guidance scale",
+        ("--model", "{work}/conditional", "--guidance_scale", "-1", "--output", "{work}/done/s.png"),
+    ),
+    Case(
+        "scripts/sample.py",
+        "guidance scale not a number",
+        ("--model", "{work}/conditional", "--guidance_scale", "lots", "--output", "{work}/done/s.png"),
+    ),
+    Case(
+        "scripts/sample.py",
+        "guidance scale to an unconditional model",
+        ("--model", "{work}/model", "--guidance_scale", "2", "--output", "{work}/done/s.png"),
+    ),
+    Case(
         "scripts/evaluate.py",
         "bad value",
         ("--model", "{work}/model", "--per_t_points", "0", "--output", "{work}/done/m.json"),
+    ),
+    Case(
+        "scripts/evaluate.py",
+        "negative guidance curve scale",
+        ("--model", "{work}/conditional", "--guidance_curve", "1", "-2", "--output", "{work}/done/m.json"),
+    ),
+    Case(
+        "scripts/evaluate.py",
+        "guidance curve scale not a number",
+        ("--model", "{work}/conditional", "--guidance_curve", "x", "--output", "{work}/done/m.json"),
+    ),
+    Case(
+        "scripts/evaluate.py",
+        "guidance curve of an unconditional model",
+        ("--model", "{work}/model", "--guidance_curve", "--output", "{work}/done/m.json"),
+    ),
+    Case(
+        "scripts/evaluate.py",
+        "conditional samples not a multiple of 10",
+        ("--model", "{work}/conditional", "--num_images", "15", "--output", "{work}/done/m.json"),
     ),
     Case(
         "scripts/evaluate.py",
@@ -165,6 +231,11 @@ CASES = (
         "fewstep: missing teacher",
         ("--section", "fewstep", "--teacher", "{work}/nope", "--teacher_config", "none"),
     ),
+    Case(
+        "scripts/benchmark.py",
+        "conditional: samples not a multiple of 10",
+        ("--section", "conditional", "--num_images", "15", "--output", "{work}/done/c.json"),
+    ),
     Case("scripts/cold_diversity.py", "unknown variant", ("--variants", "fog")),
     Case("scripts/cold_diversity.py", "unwritable output", ("--output", f"{UNWRITABLE}.json")),
     Case("scripts/report_assets.py", "missing report folder", ("--report_dir", "{work}/nope")),
@@ -180,6 +251,8 @@ def prepare(work: Path) -> None:
     train = ["training/train.py", "--dataset_name", str(data), "--output_dir", str(done), *TRAIN_DEFAULTS]
     run([sys.executable, *train, "--num_sample_images", "2", "--checkpointing_steps", "2"])
     (done / "checkpoint-2" / "optimizer.bin").write_bytes(b"not a checkpoint")
+    conditional = ["--output_dir", str(work / "conditional"), "--class_conditional"]
+    run([sys.executable, *train[:3], *TRAIN_DEFAULTS, *conditional, "--num_sample_images", "2"])
     model = work / "model"
     run(["cp", "-r", str(done), str(model)])
     for name, damage in (

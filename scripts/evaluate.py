@@ -10,12 +10,23 @@ confidence; for a model also the sampling speed and per-t curves (restoration PS
 process restores images, as cold ones do; else the Kolmogorov-Smirnov normality of the forward process).
 Figures go beside the output: a sample grid, the class histogram, the 16 most and least confident samples
 and the per-t curves.
+
+A class-conditional model (``--class_conditional``) is asked for every digit equally often (``--num_images``
+a multiple of 10) at ``--guidance_scale`` (default 1), and also gets its conditional accuracy: the fraction of
+samples that the MNIST classifier reads as the digit asked for (and per digit). ``--guidance_curve [W ...]``
+repeats that for each guidance scale (default 0 1 2 3 5), with the same seed, into ``<output>_guidance_curve
+.json`` and a plot of accuracy and FID against the scale, ``<output>_guidance_curve.png``
+(:mod:`mnist_diffusion.evaluation.conditional`):
+
+    python scripts/evaluate.py --model outputs/quickstart_conditional --num_images 1000 --guidance_scale 3 \
+        --guidance_curve --output outputs/quickstart_conditional/eval/metrics.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -24,6 +35,16 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from mnist_diffusion.evaluation.conditional import (
+    DEFAULT_GUIDANCE_SCALES,
+    ConditionalResult,
+    check_guidance_scales,
+    evaluate_conditional,
+    guidance_curve,
+    plot_guidance_curve,
+    recommended_guidance_scale,
+    requested_digits,
+)
 from mnist_diffusion.evaluation.metrics import (
     FEATURE_NETWORKS,
     SampleQuality,
@@ -31,7 +52,8 @@ from mnist_diffusion.evaluation.metrics import (
     images01_from_array,
     restoration_quality,
 )
-from mnist_diffusion.pipelines import load_pipeline
+from mnist_diffusion.pipelines import is_class_conditional, load_pipeline
+from mnist_diffusion.pipelines.guidance import num_classes
 from mnist_diffusion.pipelines.sampling import generate, save_grid
 from mnist_diffusion.schedulers import ForwardProcess, forward_process
 from mnist_diffusion.training.cli import ArgumentParser, device, run_cli
@@ -67,6 +89,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument(
+        "--guidance_scale",
+        type=float,
+        default=None,
+        metavar="W",
+        help="class-conditional models: the classifier-free guidance weight w >= 0 of the samples (default "
+        "1: the model as trained); every digit is asked for equally often",
+    )
+    parser.add_argument(
+        "--guidance_curve",
+        type=float,
+        nargs="*",
+        default=None,
+        metavar="W",
+        help="class-conditional models: also score these guidance scales (default "
+        + " ".join(f"{scale:g}" for scale in DEFAULT_GUIDANCE_SCALES)
+        + "), each with --num_images samples of the same seed; writes <output>_guidance_curve.json and .png",
+    )
     parser.add_argument("--features", choices=FEATURE_NETWORKS, default="mnist")
     parser.add_argument(
         "--dataset_name",
@@ -86,7 +126,55 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.samples and not Path(args.samples).is_file():
         raise ValueError(f"--samples {args.samples!r} is not a file")
+    scale = args.guidance_scale
+    if scale is not None and not (math.isfinite(scale) and scale >= 0):
+        raise ValueError(f"--guidance_scale must be a finite number >= 0, got {args.guidance_scale}")
+    if args.guidance_curve is not None:
+        try:
+            args.guidance_curve = check_guidance_scales(args.guidance_curve or DEFAULT_GUIDANCE_SCALES)
+        except ValueError as error:
+            raise ValueError(f"--guidance_curve: {error}") from None
+    if args.samples:
+        given = conditional_flags(args)
+        if given:
+            raise ValueError(
+                f"{' and '.join(given)} sample a class-conditional model (--model); --samples are scored as "
+                "they are"
+            )
     return args
+
+
+def conditional_flags(args: argparse.Namespace) -> list[str]:
+    """The flags for class-conditional models that were given."""
+    return [f"--{name}" for name in ("guidance_scale", "guidance_curve") if getattr(args, name) is not None]
+
+
+def check_conditional(pipeline, args: argparse.Namespace) -> bool:
+    """Whether the model is class-conditional; refuse the conditional flags for an unconditional one.
+
+    Raises:
+        ValueError: for ``--guidance_scale`` or ``--guidance_curve`` with an unconditional model; for a
+            conditional one, a ``--num_images`` that is not a multiple of its classes, or ``--start test``.
+    """
+    if not is_class_conditional(pipeline):
+        given = conditional_flags(args)
+        if given:
+            raise ValueError(
+                f"{' and '.join(given)} need a class-conditional model, but {args.model!r} is unconditional "
+                "(trained without --class_conditional)"
+            )
+        return False
+    if args.start == "test":
+        raise ValueError(
+            "--start test restores test images without asking for digits; a class-conditional model is "
+            f"evaluated from the prior (--start prior), each of its {num_classes(pipeline)} digits asked for "
+            "equally often"
+        )
+    try:
+        requested_digits(pipeline, args.num_images)
+    except ValueError as error:
+        raise ValueError(f"--num_images: {error}") from None
+    return True
 
 
 def load_samples(path: str) -> torch.Tensor:
@@ -165,6 +253,24 @@ def plot_per_t(per_t: dict, path: Path) -> None:
         figure.savefig(temporary, dpi=120)
 
 
+def write_guidance_curve(rows: list[dict], output: Path, metrics: dict) -> tuple[Path, Path]:
+    """Write the guidance curve's JSON (settings and one row per scale) and its plot beside ``output``."""
+    path = output.with_name(f"{output.stem}_guidance_curve.json")
+    settings = {key: metrics.get(key) for key in ("model", "sampler", "num_inference_steps", "seed")}
+    curve = {
+        **settings,
+        "num_images": rows[0]["num_images"],
+        "feature_network": metrics["feature_network"],
+        "guidance_scales": [row["guidance_scale"] for row in rows],
+        "recommended_guidance_scale": recommended_guidance_scale(rows),
+        "rows": rows,
+    }
+    write_text(path, json.dumps(curve, indent=2) + "\n")
+    plot = output.with_name(f"{output.stem}_guidance_curve.png")
+    plot_guidance_curve(rows, plot)
+    return path, plot
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse the flags, sample or load images, score them and write metrics.json and the figures."""
     args = parse_args(argv)
@@ -177,10 +283,12 @@ def main(argv: list[str] | None = None) -> None:
     }
     # Bad input (the samples, or a sampler the model lacks) is reported before the data is read.
     pipeline = sampler = None
+    conditional = False
     if args.samples:
         images = load_samples(args.samples)
     else:
         pipeline = load_pipeline(args.model).to(args.device)
+        conditional = check_conditional(pipeline, args)
         process = forward_process(pipeline)
         sampler = args.sampler or process.default_sampler
         process.check_sampler(sampler, args.num_inference_steps)
@@ -188,22 +296,32 @@ def main(argv: list[str] | None = None) -> None:
         if notice := long_sampling_notice(process, sampler, steps, args.num_images):
             print(notice, file=sys.stderr)
     test, train = load_split(args.dataset_name, "test"), load_split(args.dataset_name, "train")
+    quality = SampleQuality(test, train, features=args.features, seed=args.seed, device=args.device)
+    result: ConditionalResult | None = None
     if pipeline is not None:
         if args.start == "test" and args.num_images > len(test.images):
             raise ValueError(f"--num_images {args.num_images} exceeds the {len(test.images)} test images")
         start_images = uint8_to_unit_range(test.images[: args.num_images]) if args.start == "test" else None
-        began = time.perf_counter()
-        images = generate(
-            pipeline,
-            args.num_images,
-            sampler,
-            args.num_inference_steps,
-            args.seed,
-            args.batch_size,
-            True,
-            start_images,
-        )
-        seconds = time.perf_counter() - began
+        if conditional:
+            guidance_scale = 1.0 if args.guidance_scale is None else args.guidance_scale
+            result = evaluate_conditional(
+                pipeline, quality, args.num_images, guidance_scale, sampler, args.num_inference_steps,
+                args.seed, args.batch_size, True,
+            )  # fmt: skip
+            images, seconds, evaluation = result.images, result.sampling_seconds, result.evaluation
+        else:
+            began = time.perf_counter()
+            images = generate(
+                pipeline,
+                args.num_images,
+                sampler,
+                args.num_inference_steps,
+                args.seed,
+                args.batch_size,
+                True,
+                start_images,
+            )
+            seconds = time.perf_counter() - began
         metrics |= {
             "sampler": sampler,
             "num_inference_steps": args.num_inference_steps or process.default_steps(sampler),
@@ -212,14 +330,22 @@ def main(argv: list[str] | None = None) -> None:
             "sampling_seconds": seconds,
             "images_per_second": len(images) / seconds,
         }
-
-    quality = SampleQuality(test, train, features=args.features, seed=args.seed, device=args.device)
-    evaluation = quality.evaluate(images)
+    if result is None:
+        evaluation = quality.evaluate(images)
+    else:
+        metrics |= {
+            "class_conditional": True,
+            "class_labels": f"every digit equally often ({args.num_images // num_classes(pipeline)} each)",
+            "guidance_scale": result.guidance_scale,
+        }
     metrics |= evaluation.to_dict()
+    if result is not None:
+        metrics["per_digit_accuracy"] = result.per_digit_accuracy
 
     output.parent.mkdir(parents=True, exist_ok=True)
     figures = {"samples": output.with_name(f"{output.stem}_samples.png")}
-    save_grid(images[:64], figures["samples"])
+    # A conditional model's grid: one column per digit asked for (the labels go 0, 1, ..., 9 in turn).
+    save_grid(images[:100] if conditional else images[:64], figures["samples"], 10 if conditional else None)
     figures["class_histogram"] = output.with_name(f"{output.stem}_class_histogram.png")
     plot_histogram(evaluation.class_counts, evaluation.metrics["class_entropy"], figures["class_histogram"])
     order = evaluation.confidences.argsort(descending=True)
@@ -232,7 +358,22 @@ def main(argv: list[str] | None = None) -> None:
         metrics["per_t"] = per_t_metrics(pipeline, sampler, args, test)
         figures["per_t"] = output.with_name(f"{output.stem}_per_t.png")
         plot_per_t(metrics["per_t"], figures["per_t"])
+    curve_json = None
+    if result is not None and args.guidance_curve is not None:
+        rows = guidance_curve(
+            pipeline, quality, args.num_images, args.guidance_curve, sampler, args.num_inference_steps,
+            args.seed, args.batch_size, True, done=[result],
+            on_result=lambda done: print(
+                f"guidance scale {done.guidance_scale:g}: conditional accuracy {done.accuracy:.3f}, "
+                f"FID {done.evaluation.metrics['fid']:.3f}", file=sys.stderr,
+            ),
+        )  # fmt: skip
+        metrics["guidance_curve"] = rows
+        metrics["recommended_guidance_scale"] = recommended_guidance_scale(rows)
+        curve_json, figures["guidance_curve"] = write_guidance_curve(rows, output, metrics)
     metrics["figures"] = {name: path.name for name, path in figures.items()}  # beside the JSON
+    if curve_json is not None:
+        metrics["guidance_curve_file"] = curve_json.name
     write_text(output, json.dumps(metrics, indent=2) + "\n")
 
     print(
@@ -240,7 +381,18 @@ def main(argv: list[str] | None = None) -> None:
         f"IS {metrics['inception_score_mean']:.3f} +- {metrics['inception_score_std']:.3f}  "
         f"class entropy {metrics['class_entropy']:.3f}  confidence {metrics['mean_confidence']:.3f}"
     )
-    print(f"wrote {output} and {len(figures)} figures beside it")
+    if result is not None:
+        print(
+            f"conditional accuracy {result.accuracy:.3f} at guidance scale {result.guidance_scale:g} (the "
+            "classifier reads the digit asked for)"
+        )
+    for row in metrics.get("guidance_curve", []):
+        print(
+            f"  guidance scale {row['guidance_scale']:g}: accuracy {row['conditional_accuracy']:.3f}  "
+            f"FID {row['fid']:.3f} (floor {row['fid_floor']:.3f})  class entropy {row['class_entropy']:.3f}"
+        )
+    extra = f" and {curve_json.name}" if curve_json is not None else ""
+    print(f"wrote {output}{extra} and {len(figures)} figures beside it")
 
 
 if __name__ == "__main__":

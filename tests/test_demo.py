@@ -237,3 +237,118 @@ def test_the_command_line_refuses_bad_settings_at_start_up(tiny_ddpm_folder, arg
     result = run_python("scripts/demo.py", "--model", str(tiny_ddpm_folder), "--port", "1", *arguments)
     assert result.returncode == 2, result.stderr[-3000:]
     assert result.stderr.startswith(message), result.stderr[-3000:]
+
+
+# ----- class-conditional models: a digit picker and a guidance scale ---------------------------------------
+
+
+def tiny_conditional(name: str = "gaussian", conditional: bool = True):
+    """An untrained tiny pipeline of process ``name`` whose network takes class labels (10 = no class)."""
+    from mnist_diffusion.schedulers import FORWARD_PROCESSES
+
+    process = forward_process(FORWARD_PROCESSES[name](num_train_timesteps=10))
+    process.fit(torch.rand(32, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    torch.manual_seed(0)
+    unet = CourseworkCNN(
+        n_hidden=(4, 4),
+        time_embedding_frequencies=2,
+        time_embedding_dim=8,
+        num_train_timesteps=10,
+        num_class_embeds=11 if conditional else None,
+    )
+    return process.make_pipeline(unet)
+
+
+class LabelRecorder:
+    """A forward hook keeping the batch size and ``class_labels`` of every network call."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        self.calls: list[tuple[int, list[int] | None]] = []
+        network.register_forward_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs, output) -> None:
+        labels = kwargs.get("class_labels")
+        self.calls.append((len(args[0]), None if labels is None else labels.tolist()))
+
+
+@pytest.mark.parametrize("name", ["gaussian", "blur"])
+def test_a_conditional_model_draws_the_picked_digit_guided_as_generate_does(name):
+    pipeline = tiny_conditional(name)
+    recorder = LabelRecorder(pipeline.unet)
+    sampler = forward_process(pipeline).default_sampler
+    gallery, gif, report = demo.sample_images(pipeline, sampler, 3, 2, 5, "7", 2.5)
+    label = forward_process(pipeline).samplers[sampler].label
+    assert len(gallery) == 2 and gif_frames(gif) >= 3
+    assert report.startswith(f"2 image(s) of digit 7 (guidance scale 2.5), {label}, 3 steps")
+    # Guided: one call per step on the doubled batch, the digit then the no-class label.
+    assert recorder.calls and all(call == (4, [7, 7, 10, 10]) for call in recorder.calls)
+    images, _ = demo.run_pipeline(pipeline, sampler, 3, 5, 2, class_labels=7, guidance_scale=2.5)
+    expected = generate(pipeline, 2, sampler, 3, seed=5, class_labels=[7, 7], guidance_scale=2.5)
+    torch.testing.assert_close(images, expected, rtol=0, atol=1e-6)
+    assert [demo.to_pil(image[None]) for image in images] == gallery
+
+    # "any": unconditional samples (the no-class label), whatever the scale says.
+    recorder.calls.clear()
+    _, _, report = demo.sample_images(pipeline, sampler, 3, 2, 5, "any", 4.0)
+    assert report.startswith(f"2 image(s), {label}, 3 steps")
+    assert recorder.calls and all(call == (2, [10, 10]) for call in recorder.calls)
+    # w = 1: the conditional prediction alone, one call of the batch.
+    recorder.calls.clear()
+    demo.sample_images(pipeline, sampler, 3, 2, 5, 3, 1.0)
+    assert recorder.calls and all(call == (2, [3, 3]) for call in recorder.calls)
+
+
+def test_a_guided_request_counts_twice_against_the_budget():
+    pipeline = tiny_conditional()
+    recorder = LabelRecorder(pipeline.unet)
+    limits = demo.Limits(max_image_steps=12)
+    with pytest.raises(ValueError) as refused:
+        demo.sample_images(pipeline, "ddim", 4, 2, 0, "3", 2.0, limits=limits)
+    assert str(refused.value) == (
+        "2 image(s) x 4 network call(s) x 2 (guidance: two predictions per image) = 16 is over this demo's "
+        "limit of 12 images x network calls per request; ask for fewer images or steps"
+    )
+    assert recorder.calls == []
+    demo.sample_images(pipeline, "ddim", 3, 2, 0, "3", 2.0, limits=limits)  # 2 x 3 x 2 = 12: at the limit
+    demo.sample_images(pipeline, "ddim", 4, 2, 0, "3", 1.0, limits=limits)  # w = 1: not guided, 8
+    demo.sample_images(pipeline, "ddim", 4, 2, 0, "3", 0.0, limits=limits)  # w = 0: unconditional, 8
+    assert [batch for batch, _ in recorder.calls] == [4] * 3 + [2] * 4 + [2] * 4
+
+
+@pytest.mark.parametrize(
+    ("conditional", "digit", "scale", "message"),
+    [
+        (True, "12", 1.0, "Digit must be 'any' or one of 0 to 9, got '12'"),
+        (True, "seven", 1.0, "Digit must be 'any' or one of 0 to 9, got 'seven'"),
+        (True, "3", 11.0, "Guidance scale must be a number between 0 and 10, got 11.0"),
+        (True, "3", -1.0, "Guidance scale must be a number between 0 and 10, got -1.0"),
+        (True, "3", None, "Guidance scale must be a number between 0 and 10, got None"),
+        (False, "3", 1.0, "this model is unconditional: it cannot be asked for a digit; choose 'any'"),
+    ],
+)
+def test_a_bad_digit_or_guidance_scale_is_refused_before_any_network_call(conditional, digit, scale, message):
+    pipeline = tiny_conditional(conditional=conditional)
+    recorder = LabelRecorder(pipeline.unet)
+    with pytest.raises(ValueError) as refused:
+        demo.sample_images(pipeline, "ddim", 3, 2, 0, digit, scale)
+    assert str(refused.value) == message and recorder.calls == []
+
+
+def test_the_digit_picker_and_guidance_slider_are_shown_for_conditional_models_only(tmp_path):
+    from mnist_diffusion.pipelines import save_pipeline
+
+    assert demo.digit_choices(tiny_conditional()) == ["any", *map(str, range(10))]
+    assert demo.digit_choices(tiny_conditional(conditional=False)) == []
+    for conditional in (True, False):
+        folder = tmp_path / f"conditional_{conditional}"
+        save_pipeline(tiny_conditional(conditional=conditional), folder)
+        page = demo.build_demo([str(folder)], test_data=None)
+        props = {c["props"].get("elem_id"): c["props"] for c in page.config["components"]}
+        for elem_id in ("class-digit", "guidance-scale"):
+            assert props[elem_id]["visible"] is conditional, elem_id
+        assert props["guidance-scale"]["interactive"] is False  # until a digit is picked
+        if conditional:
+            assert [choice[1] for choice in props["class-digit"]["choices"]] == demo.digit_choices(
+                load_pipeline(folder)
+            )
+        page.close()

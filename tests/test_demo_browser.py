@@ -69,17 +69,42 @@ def tiny_cold_folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def tiny_conditional_folder(tmp_path_factory) -> Path:
+    """An untrained, tiny class-conditional Gaussian pipeline (T = 10, labels 0-9 and 10 for none), saved."""
+    import torch
+
+    from mnist_diffusion.models import CourseworkCNN
+    from mnist_diffusion.pipelines import save_pipeline
+    from mnist_diffusion.schedulers import ddpm_scheduler, forward_process
+
+    unet = CourseworkCNN(
+        n_hidden=(4, 4), time_embedding_frequencies=2, num_train_timesteps=10, num_class_embeds=11
+    )
+    torch.nn.init.normal_(unet.class_embedding.weight)  # labels that change the samples
+    folder = tmp_path_factory.mktemp("tiny_conditional")
+    scheduler = ddpm_scheduler("linear", num_train_timesteps=10)
+    save_pipeline(forward_process(scheduler).make_pipeline(unet), folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
 def demo_url(
-    tiny_ddpm_folder: Path, tiny_cold_folder: Path, synthetic_mnist: Path, tmp_path_factory
+    tiny_ddpm_folder: Path,
+    tiny_cold_folder: Path,
+    tiny_conditional_folder: Path,
+    synthetic_mnist: Path,
+    tmp_path_factory,
 ) -> Iterator[str]:
     """Serve ``scripts/demo.py`` with the tiny pipelines on a free local port; stopped after the tests.
 
-    The Gaussian one is selected first; the cold one is offered too, with the synthetic test digits to pick.
+    The Gaussian one is selected first; the cold one is offered too, with the synthetic test digits to pick,
+    and a class-conditional Gaussian one.
     """
     port = _free_port()
     log = tmp_path_factory.mktemp("demo") / "demo.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     models = ["--model", str(tiny_ddpm_folder), "--model", str(tiny_cold_folder)]
+    models += ["--model", str(tiny_conditional_folder)]
     # A budget of 100 images x network calls: the tests' runs fit, 64 images x 20 steps does not.
     command = [sys.executable, "scripts/demo.py", *models, "--port", str(port), "--max_image_steps", "100"]
     with open(log, "w") as output:
@@ -161,6 +186,34 @@ def test_a_cold_model_restores_a_picked_digit_from_the_chosen_t(page: Page, tiny
     expect(page.locator("#samples img")).to_have_count(3)
     process = _fetch_image(page, page.locator("#process img").get_attribute("src"))
     assert process.n_frames == 5, "the start and the sample after each of the 4 steps"
+
+
+def test_a_conditional_model_offers_a_digit_and_a_guidance_scale(
+    page: Page, tiny_conditional_folder: Path
+) -> None:
+    # The unconditional model selected first has neither control.
+    expect(page.locator("#class-digit")).to_be_hidden()
+    expect(page.locator("#guidance-scale")).to_be_hidden()
+    model = page.locator("#model input")
+    model.fill(str(tiny_conditional_folder))
+    model.press("Enter")
+    expect(page.locator("#class-digit")).to_be_visible(timeout=SAMPLE_TIMEOUT_MS)
+    expect(page.locator("#guidance-scale")).to_be_visible()
+    scale = page.locator("#guidance-scale input[type='number']")
+    expect(scale).to_be_disabled()  # "any": unconditional, the scale does not matter
+
+    page.locator("#class-digit input").click()
+    page.get_by_role("option", name="7", exact=True).click()
+    expect(scale).to_be_enabled(timeout=SAMPLE_TIMEOUT_MS)
+    scale.fill("2.5")
+    scale.press("Enter")
+    page.locator("#num-images input").fill("3")
+    page.locator("#steps input").fill("4")
+    page.locator("#generate").click()
+    expect(page.locator("#timing")).to_contain_text(
+        "3 image(s) of digit 7 (guidance scale 2.5), DPM-Solver++, 4 steps", timeout=SAMPLE_TIMEOUT_MS
+    )
+    expect(page.locator("#samples img")).to_have_count(3)
 
 
 def test_bad_settings_show_readable_errors(page: Page) -> None:

@@ -103,7 +103,8 @@ def server(tmp_path_factory) -> Iterator[Server]:
 
 def _join(server: Server, session: str, num_images: int, steps: int, model: str | None = None):
     body = {
-        "data": [model or server.model, "ddpm", steps, num_images, 0],
+        # model, sampler, steps, images, seed, digit ("any": unconditional), guidance scale
+        "data": [model or server.model, "ddpm", steps, num_images, 0, "any", 1.0],
         "fn_index": server.fn_index["generate"],
         "session_hash": session,
     }

@@ -488,3 +488,125 @@ def test_make_model_card_cli_usage_error_is_one_line() -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("error: the following arguments are required: folder")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+# ----- class-conditional models: how to ask for digits, the guidance scale, the measured accuracy ----------
+
+CONDITIONAL_METRICS = {
+    **METRICS,
+    "class_conditional": True,
+    "class_labels": "every digit equally often (100 each)",
+    "guidance_scale": 2.0,
+    "conditional_accuracy": 0.935,
+    "per_digit_accuracy": [0.9] * 10,
+    "guidance_curve": [
+        {
+            "guidance_scale": scale,
+            "conditional_accuracy": accuracy,
+            "fid": fid,
+            "fid_floor": 1.25,
+            "class_entropy": 0.99,
+            "num_images": 1000,
+        }
+        for scale, accuracy, fid in ((0.0, 0.11, 9.0), (1.0, 0.8, 8.0), (2.0, 0.935, 7.5), (3.0, 0.97, 7.0))
+    ],  # fmt: skip
+    "recommended_guidance_scale": 3.0,
+}
+
+
+def conditional_unet(num_train_timesteps: int) -> CourseworkCNN:
+    return CourseworkCNN(
+        n_hidden=(4, 4),
+        time_embedding_frequencies=2,
+        time_embedding_dim=8,
+        num_train_timesteps=num_train_timesteps,
+        num_class_embeds=11,
+    )
+
+
+def save_conditional_pipeline(folder: Path, degradation: str) -> Path:
+    steps = SMALL.get(degradation, {}).get("num_train_timesteps", 10)
+    return save_tiny_pipeline(folder, degradation, unet=conditional_unet(steps), num_train_timesteps=steps)
+
+
+@pytest.mark.parametrize("name", sorted(FORWARD_PROCESSES))
+def test_every_process_usage_snippet_asks_for_digits_when_given_labels(name: str, process_folders) -> None:
+    folder = process_folders[name]
+    process = forward_process(hub._load_scheduler(folder, hub._read_model_index(folder)))
+    plain = process.usage(REPO_ID)
+    assert "class_labels" not in plain and "guidance_scale" not in plain
+    snippet = process.usage(REPO_ID, class_labels=[0, 7, 9], guidance_scale=2.5)
+    assert "    batch_size=3,\n" in snippet and "    class_labels=[0, 7, 9],\n" in snippet
+    assert "    guidance_scale=2.5,\n" in snippet and snippet.endswith('images[0].save("sample.png")')
+    compile(snippet, f"usage of {name}", "exec")
+    # Everything else of the snippet is the unconditional one's.
+    assert [line for line in plain.splitlines() if not line.startswith("images = pipe(")] == [
+        line for line in snippet.splitlines() if line in plain.splitlines()
+    ]
+
+
+def test_a_few_step_student_usage_snippet_asks_for_digits_too() -> None:
+    scheduler = DDIMScheduler(prediction_type="v_prediction", timestep_spacing="trailing")
+    scheduler.register_to_config(_degradation="gaussian", _default_steps=4)
+    snippet = forward_process(scheduler).usage(REPO_ID, class_labels=[3], guidance_scale=None)
+    assert "    class_labels=[3],\n" in snippet and "guidance_scale=" not in snippet
+    assert "    num_inference_steps=4,\n" in snippet
+
+
+def test_conditional_card_says_how_to_ask_for_digits_and_reports_accuracy(tmp_path: Path) -> None:
+    folder = save_conditional_pipeline(tmp_path / "run", "gaussian")
+    saved_training_config(folder, "--class_conditional", "--label_dropout", "0.2")
+
+    card = hub.build_model_card(folder, REPO_ID, CONDITIONAL_METRICS)
+    text = card.text
+
+    assert {"class-conditional", "classifier-free-guidance"} <= set(card.data.to_dict()["tags"])
+    assert "## Class-conditional generation" in text
+    assert "is **class-conditional** (trained with `--class_conditional`, label dropout 0.2)" in text
+    assert "`class_labels`, the digit of each image (one int in 0..9 for all images, or one per image" in text
+    assert "Recommended guidance scale: **3** (of the guided scales on the guidance curve" in text
+    assert "Conditional accuracy: **93.5%** of 1,000 samples drawn at `w = 2`" in text
+    snippet = card_snippet(text)
+    assert "class_labels=[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]," in snippet and "guidance_scale=3.0," in snippet
+    # The evaluation: the accuracy among the metrics, the settings in the sentence, the curve as a table.
+    assert "| Conditional accuracy ↑: samples the classifier reads as the digit asked for | 0.935 |" in text
+    assert "`guidance_scale` = 2, `class_labels` = every digit equally often (100 each)" in text
+    assert "| Guidance scale `w` | Conditional accuracy ↑ | FID ↓ | FID floor | Class entropy |" in text
+    assert "| 3 | 0.97 | 7 | 1.25 | 0.99 |" in text
+    # An unconditional model's card has none of it.
+    plain = hub.build_model_card(save_tiny_pipeline(tmp_path / "plain", "gaussian"), REPO_ID, METRICS).text
+    assert "class-conditional" not in plain and "class_labels" not in plain
+
+
+def test_conditional_card_takes_the_accuracy_from_the_training_log(tmp_path: Path) -> None:
+    folder = save_conditional_pipeline(tmp_path / "run", "blur")
+    (folder / "logs").mkdir()
+    records = [
+        {"step": 5, "epoch": 0, "fid": 91.25, "conditional_accuracy": 0.5, "num_images": 500.0},
+        {"step": 10, "epoch": 1, "fid": 42.75, "conditional_accuracy": 0.875, "num_images": 500.0},
+    ]
+    (folder / "logs" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    text = hub.build_model_card(folder, REPO_ID, hub.read_metrics(folder)).text
+
+    assert "Conditional accuracy: **87.5%** of 500 samples drawn at `w = 1`" in text
+    assert "the trainer's latest evaluation" in text and "50.0%" not in text
+    assert "Recommended guidance scale: **1** (the model as trained, since no guidance curve" in text
+    assert "guidance_scale=1.0," in card_snippet(text) and 'sampler="improved",' in card_snippet(text)
+    # Without any evaluation the card says how to measure it.
+    shutil.rmtree(folder / "logs")
+    assert "Conditional accuracy: not measured yet" in hub.build_model_card(folder, REPO_ID).text
+
+
+@pytest.mark.parametrize("name", ["gaussian", "blur", "flow"])
+def test_conditional_usage_snippet_runs_as_written_without_the_project(name: str, tmp_path: Path) -> None:
+    folder = save_conditional_pipeline(tmp_path / "run", name)
+    staged = hub.stage_pipeline(folder, tmp_path / "upload", REPO_ID, metrics_path=None)
+    snippet = card_snippet((staged / "README.md").read_text())
+    assert "class_labels=[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]," in snippet
+    check = "\nassert len(images) == 10, len(images)\n"
+
+    result = run_without_the_project(snippet.replace(REPO_ID, str(staged)) + check, tmp_path)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert Image.open(tmp_path / "sample.png").size == (28, 28)

@@ -53,6 +53,11 @@ SUBSTITUTIONS = (
     Substitution(
         r"num_inference_steps=1000\b", "num_inference_steps=10", "10 DDPM steps instead of 1000 (minutes)"
     ),
+    Substitution(
+        r"--num_images 1000 (--guidance_scale)",
+        r"--num_images 20 \1",
+        "conditional evaluation: 20 samples (two of each digit) per guidance scale instead of 1000",
+    ),
     Substitution(r"--num_images 1000\b", "--num_images 16", "evaluation: 16 samples instead of 1000"),
     Substitution(r"(--sampler improved --num_images) 64\b", r"\1 8", "cold sampling: 8 images x 150 steps"),
     Substitution(r"batch_size=16(, sampler=)", r"batch_size=4\1", "cold sampling in Python: 4 images"),

@@ -969,6 +969,8 @@ class Trainer:
                 logger.info(
                     "epoch %d: FID %.2f, IS %.2f", epoch, quality["fid"], quality["inception_score_mean"]
                 )
+                if "conditional_accuracy" in quality:
+                    logger.info("epoch %d: conditional accuracy %.3f", epoch, quality["conditional_accuracy"])
         if self.ema_model is not None:
             self.ema_model.restore(self.model.parameters())
         self.model.train()
@@ -998,13 +1000,15 @@ class Trainer:
             logger.info("Computed the reference features in %.1f s", time.perf_counter() - began)
         args = self.args
         logger.info("Sampling %d images for FID, KID and IS ...", args.eval_num_images)
-        # A conditional model is scored on every digit alike (its guidance scale 1: the model as trained).
+        # A conditional model is scored on every digit alike (its guidance scale 1: the model as trained),
+        # with its conditional accuracy: how often the classifier reads the digit asked for.
+        labels = balanced_labels(pipeline, args.eval_num_images)
         samples = generate(
             pipeline, args.eval_num_images, args.sampler, args.sample_inference_steps, args.seed,
             show_progress=True,  # called on the main process only
-            class_labels=balanced_labels(pipeline, args.eval_num_images),
+            class_labels=labels,
         )  # fmt: skip
-        return self.evaluator.evaluate(samples).metrics
+        return self.evaluator.evaluate(samples, labels=labels).metrics
 
     def save(self) -> torch.nn.Module:
         """Checkpoint the last step, save the pipeline (EMA weights if any), push it if asked."""
