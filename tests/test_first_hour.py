@@ -168,7 +168,7 @@ def test_sample_py_prints_the_notice_before_sampling(tiny_ddpm_folder, tmp_path,
     script = load_script("sample")
     drawn = []
 
-    def fake_generate(pipeline, num_images, *args):
+    def fake_generate(pipeline, num_images, *args, **kwargs):
         drawn.append(capsys.readouterr().err)  # what was printed before sampling started
         return torch.zeros(num_images, 1, 28, 28)
 
