@@ -182,6 +182,25 @@ def add_section_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def quick_dataset(folder: Path) -> str:
+    """The synthetic MNIST of a section's ``--quick`` run in ``folder``, written on the first run only."""
+    if not (Path(folder) / "data").is_dir():
+        write_synthetic_mnist(folder, 256, 64)
+    return str(folder)
+
+
+def check_results_paths(output: str, markdown: str | Path) -> None:
+    """A section's results ``.json`` and its Markdown table must be writable, before any work.
+
+    Raises:
+        ValueError: if ``output`` is not a ``.json`` path, or either file cannot be written.
+    """
+    if not output.endswith(".json"):
+        raise ValueError(f"--output {output!r} must end in .json")
+    check_writable(output)
+    check_writable(markdown, "--markdown")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     add_section_flag(parser)
@@ -220,10 +239,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _validate(args: argparse.Namespace) -> None:
-    if not args.output.endswith(".json"):
-        raise ValueError(f"--output {args.output!r} must end in .json")
-    check_writable(args.output, "--output")
-    check_writable(args.markdown or Path(args.output).with_name("README.md"), "--markdown")
+    check_results_paths(args.output, args.markdown or Path(args.output).with_name("README.md"))
     for name in ("batch_size", "validation_images", "windows", "window_steps", "num_fid_images"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
@@ -389,8 +405,6 @@ def parse_quality_args(argv: list[str]) -> argparse.Namespace:
         if getattr(args, name) is None and args.quick:
             setattr(args, name, value)
     args.num_fid_images = args.num_fid_images or 1000
-    if not args.output.endswith(".json"):
-        raise ValueError(f"--output {args.output!r} must end in .json")
     if args.num_fid_images < 2:
         raise ValueError(f"--num_fid_images must be at least 2 for FID, got {args.num_fid_images}")
     if args.num_inference_steps is not None and args.num_inference_steps < 1:
@@ -402,8 +416,8 @@ def parse_quality_args(argv: list[str]) -> argparse.Namespace:
     output = Path(args.output)
     args.markdown = Path(args.markdown) if args.markdown else output.with_name("README.md")
     args.plot = Path(args.plot) if args.plot else output.with_suffix(".png")
-    for path, name in ((output, "--output"), (args.markdown, "--markdown"), (args.plot, "--plot")):
-        check_writable(path, name)
+    check_results_paths(args.output, args.markdown)
+    check_writable(args.plot, "--plot")
     return args
 
 
@@ -414,12 +428,8 @@ def quality_main(argv: list[str], command: str) -> None:
 
     args = parse_quality_args(argv)
     if args.dataset_name is None:
-        if args.quick:
-            args.dataset_name = str(args.work_dir / "synthetic_mnist")
-            if not (args.work_dir / "synthetic_mnist" / "data").is_dir():
-                write_synthetic_mnist(args.work_dir / "synthetic_mnist", 256, 64)
-        else:
-            args.dataset_name = default_mnist()
+        quick = args.work_dir / "synthetic_mnist"
+        args.dataset_name = quick_dataset(quick) if args.quick else default_mnist()
     plan = QualityPlan(
         recipes={name: RECIPES[name] for name in args.recipes},
         minutes=args.minutes,
@@ -487,8 +497,6 @@ def parse_fewstep_args(argv: list[str]) -> argparse.Namespace:
     args.num_images = args.num_images or (FEWSTEP_QUICK_NUM_IMAGES if args.quick else 1000)
     args.output = args.output or f"benchmarks/fewstep_{args.process}{'_quick' if args.quick else ''}.json"
     args.markdown = args.markdown or str(Path(args.output).with_suffix(".md"))
-    if not args.output.endswith(".json"):
-        raise ValueError(f"--output {args.output!r} must end in .json")
     if args.num_images < 2:
         raise ValueError(f"--num_images must be at least 2 for FID, got {args.num_images}")
     if args.num_threads is not None and args.num_threads < 1:
@@ -498,8 +506,7 @@ def parse_fewstep_args(argv: list[str]) -> argparse.Namespace:
             raise ValueError(f"--{name} {getattr(args, name)!r} is not a file")
     if args.teacher_config is None and not (Path(args.teacher) / "model_index.json").is_file():
         raise ValueError(f"--teacher {args.teacher!r} holds no pipeline and --teacher_config is none")
-    check_writable(args.output)
-    check_writable(args.markdown, "--markdown")
+    check_results_paths(args.output, args.markdown)
     return args
 
 
@@ -513,11 +520,7 @@ def fewstep_main(argv: list[str], command: str) -> None:
     args = parse_fewstep_args(argv)
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
-    dataset = args.dataset_name
-    if args.quick:
-        dataset = str(Path(args.work_dir).parent / "data")
-        if not (Path(dataset) / "data").is_dir():
-            write_synthetic_mnist(dataset, 256, 64)
+    dataset = quick_dataset(Path(args.work_dir).parent / "data") if args.quick else args.dataset_name
     plan = FewStepPlan(
         process=args.process,
         teacher=Path(args.teacher),
@@ -635,8 +638,6 @@ def parse_conditional_args(argv: list[str]) -> argparse.Namespace:
     for name in ("num_images", "cold_steps"):
         if getattr(args, name) is None:
             setattr(args, name, defaults[name])
-    if not args.output.endswith(".json"):
-        raise ValueError(f"--output {args.output!r} must end in .json")
     if args.num_images < NUM_CLASSES or args.num_images % NUM_CLASSES:
         raise ValueError(
             f"--num_images must be a positive multiple of {NUM_CLASSES} (each digit asked for equally "
@@ -652,8 +653,7 @@ def parse_conditional_args(argv: list[str]) -> argparse.Namespace:
         args.guidance_scales = check_guidance_scales(args.guidance_scales)
     except ValueError as error:
         raise ValueError(f"--guidance_scales: {error}") from None
-    check_writable(args.output)
-    check_writable(args.markdown, "--markdown")
+    check_results_paths(args.output, args.markdown)
     return args
 
 
@@ -671,11 +671,8 @@ def conditional_main(argv: list[str], command: str) -> None:
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     dataset, targets = args.dataset_name, args.target_dataset
-    if args.quick and dataset is None:
-        dataset = str(args.work_dir / "synthetic_mnist")
-        if not (Path(dataset) / "data").is_dir():
-            write_synthetic_mnist(dataset, 256, 64)
-    dataset = dataset or default_mnist()
+    if dataset is None:
+        dataset = quick_dataset(args.work_dir / "synthetic_mnist") if args.quick else default_mnist()
     targets = targets or (dataset if args.quick else default_fashion_mnist())
     plan = ConditionalPlan(
         work_dir=args.work_dir,
