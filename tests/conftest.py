@@ -166,3 +166,55 @@ def tiny_ddpm_folder(tmp_path_factory) -> Path:
     pipeline = DDPMPipeline(unet=unet, scheduler=ddpm_scheduler("linear", num_train_timesteps=steps))
     pipeline.save_pretrained(folder)
     return folder
+
+
+# ----- tiny class-conditional models ------------------------------------------------------------------------
+
+TINY_T = 10
+
+
+def tiny_cnn(conditional: bool = True, num_train_timesteps: int = TINY_T):
+    """An untrained 4-4 coursework CNN (seeded); conditional: the labels 0-9 and the no-class label 10."""
+    import torch
+
+    from mnist_diffusion.models import CourseworkCNN
+    from mnist_diffusion.training.train import NUM_CLASS_EMBEDS
+
+    torch.manual_seed(0)
+    return CourseworkCNN(
+        n_hidden=(4, 4),
+        time_embedding_frequencies=2,
+        time_embedding_dim=8,
+        num_train_timesteps=num_train_timesteps,
+        num_class_embeds=NUM_CLASS_EMBEDS if conditional else None,
+    )
+
+
+def tiny_pipeline(name: str = "gaussian", conditional: bool = True, class_embedding_std: float | None = None):
+    """An untrained tiny pipeline of process ``name`` around :func:`tiny_cnn` (cold ones fitted to random
+    digits, so they sample); ``class_embedding_std`` draws the class embedding that large, so that the labels
+    change the samples."""
+    import torch
+
+    from mnist_diffusion.schedulers import FORWARD_PROCESSES, forward_process
+
+    process = forward_process(FORWARD_PROCESSES[name](num_train_timesteps=TINY_T))
+    process.fit(torch.rand(32, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    unet = tiny_cnn(conditional)
+    if class_embedding_std is not None:
+        torch.nn.init.normal_(unet.class_embedding.weight, std=class_embedding_std)
+    pipeline = process.make_pipeline(unet)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+class CallRecorder:
+    """A forward hook that keeps the batch size and the ``class_labels`` of every network call."""
+
+    def __init__(self, network) -> None:
+        self.calls: list[tuple[int, list[int] | None]] = []
+        self.handle = network.register_forward_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs, output) -> None:
+        labels = kwargs.get("class_labels")
+        self.calls.append((len(args[0]), None if labels is None else labels.tolist()))

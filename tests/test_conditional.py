@@ -34,47 +34,14 @@ from mnist_diffusion.pipelines.sampling import generate
 from mnist_diffusion.schedulers import FORWARD_PROCESSES, GaussianProcess, forward_process
 from mnist_diffusion.training.objective import drop_labels, held_out_losses, model_prediction
 from mnist_diffusion.training.train import NUM_CLASS_EMBEDS, make_model, parse_args, train
-from tests.conftest import run_python, run_without_the_project
+from tests.conftest import TINY_T, CallRecorder, run_python, run_without_the_project, tiny_cnn, tiny_pipeline
 
 NULL = NUM_CLASS_EMBEDS - 1  # 10: the "no class" label
-T = 10
-
-
-def tiny_cnn(conditional: bool = True, num_train_timesteps: int = T) -> CourseworkCNN:
-    torch.manual_seed(0)
-    return CourseworkCNN(
-        n_hidden=(4, 4),
-        time_embedding_frequencies=2,
-        time_embedding_dim=8,
-        num_train_timesteps=num_train_timesteps,
-        num_class_embeds=NUM_CLASS_EMBEDS if conditional else None,
-    )
-
-
-def tiny_pipeline(name: str, conditional: bool = True):
-    """An untrained tiny pipeline of process ``name`` (cold ones fitted to random digits, so they sample)."""
-    process = forward_process(FORWARD_PROCESSES[name](num_train_timesteps=T))
-    process.fit(torch.rand(32, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1)
-    pipeline = process.make_pipeline(tiny_cnn(conditional))
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
 
 
 def sample(pipeline, **kwargs) -> np.ndarray:
     kwargs = {"batch_size": 2, "num_inference_steps": 3, "output_type": "np", **kwargs}
     return pipeline(generator=torch.Generator().manual_seed(0), **kwargs).images
-
-
-class CallRecorder:
-    """A forward hook that keeps the batch size and the ``class_labels`` of every network call."""
-
-    def __init__(self, network: torch.nn.Module):
-        self.calls: list[tuple[int, list[int] | None]] = []
-        self.handle = network.register_forward_hook(self, with_kwargs=True)
-
-    def __call__(self, module, args, kwargs, output):
-        labels = kwargs.get("class_labels")
-        self.calls.append((len(args[0]), None if labels is None else labels.tolist()))
 
 
 # ----- training: label dropout and the objective ------------------------------------------------------------
@@ -106,7 +73,7 @@ def test_the_objective_calls_the_network_with_class_labels():
     labels = torch.tensor([1, 2, NULL])
     prediction = model_prediction(network, x, torch.tensor([1, 2, 3]), labels)
     assert prediction.shape == x.shape and recorder.calls == [(3, [1, 2, NULL])]
-    process = forward_process(FORWARD_PROCESSES["gaussian"](num_train_timesteps=T))
+    process = forward_process(FORWARD_PROCESSES["gaussian"](num_train_timesteps=TINY_T))
     images = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8)
     recorder.calls.clear()
     losses = held_out_losses(network, process, images, "l2", batch_size=3, labels=torch.arange(5))

@@ -24,16 +24,12 @@ from mnist_diffusion.evaluation.conditional import (
 )
 from mnist_diffusion.evaluation.conditional_benchmark import COLD_DEGRADATIONS
 from mnist_diffusion.evaluation.metrics import SampleQuality
-from mnist_diffusion.models import CourseworkCNN
 from mnist_diffusion.pipelines import load_pipeline, save_pipeline
 from mnist_diffusion.pipelines.sampling import generate
-from mnist_diffusion.schedulers import FORWARD_PROCESSES, forward_process
 from mnist_diffusion.training.cli import run_cli
 from mnist_diffusion.training.data import load_split
 from mnist_diffusion.training.train import parse_args
-from tests.conftest import PROJECT_ROOT, run_python
-
-T = 10
+from tests.conftest import PROJECT_ROOT, run_python, tiny_pipeline
 
 
 def load_script(name: str):
@@ -46,31 +42,10 @@ def load_script(name: str):
 SAMPLE, EVALUATE = load_script("sample"), load_script("evaluate")
 
 
-def tiny_pipeline(name: str = "gaussian", conditional: bool = True):
-    """An untrained tiny pipeline of process ``name``; conditional: labels 0-9 and the no-class label 10.
-
-    Its class embedding is drawn large, so that the labels change the samples."""
-    process = forward_process(FORWARD_PROCESSES[name](num_train_timesteps=T))
-    process.fit(torch.rand(32, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1)
-    torch.manual_seed(0)
-    unet = CourseworkCNN(
-        n_hidden=(4, 4),
-        time_embedding_frequencies=2,
-        time_embedding_dim=8,
-        num_train_timesteps=T,
-        num_class_embeds=11 if conditional else None,
-    )
-    if conditional:
-        torch.nn.init.normal_(unet.class_embedding.weight, std=3.0)
-    pipeline = process.make_pipeline(unet)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
-
-
 @pytest.fixture(scope="module")
 def conditional_folder(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("conditional") / "gaussian"
-    save_pipeline(tiny_pipeline(), folder)
+    save_pipeline(tiny_pipeline(class_embedding_std=3.0), folder)
     return folder
 
 
@@ -231,7 +206,7 @@ def test_conditional_accuracy_counts_the_samples_read_as_the_digit_asked_for(syn
         quality.evaluate(images, labels=[1, 2])
 
     # Through a pipeline: each digit asked for equally often; per digit, the share read as that digit.
-    pipeline = tiny_pipeline()
+    pipeline = tiny_pipeline(class_embedding_std=3.0)
     result = evaluate_conditional(pipeline, quality, 20, 2.0, "ddim", 3, seed=1)
     assert result.labels.tolist() == [i % 10 for i in range(20)] and result.guidance_scale == 2.0
     read = result.evaluation.predictions
@@ -256,7 +231,7 @@ def test_the_curve_settings_are_checked():
     ):
         with pytest.raises(ValueError, match=message):
             check_guidance_scales(scales)
-    pipeline = tiny_pipeline()
+    pipeline = tiny_pipeline(class_embedding_std=3.0)
     assert requested_digits(pipeline, 30) == [i % 10 for i in range(30)]
     with pytest.raises(ValueError, match="num_images=25 must be a multiple of the 10 classes.*use 20 or 30"):
         requested_digits(pipeline, 25)

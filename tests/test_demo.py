@@ -19,7 +19,7 @@ from mnist_diffusion.pipelines import ColdDiffusionPipeline, load_pipeline
 from mnist_diffusion.pipelines.sampling import generate
 from mnist_diffusion.schedulers import AveragingScheduler, ImpulseNoiseScheduler, forward_process
 from mnist_diffusion.training.data import to_unit_range
-from tests.conftest import run_python
+from tests.conftest import CallRecorder, run_python, tiny_pipeline
 
 # A safety net against a hang, not a speed requirement.
 SAFETY_TIMEOUT_S = 600
@@ -242,39 +242,10 @@ def test_the_command_line_refuses_bad_settings_at_start_up(tiny_ddpm_folder, arg
 # ----- class-conditional models: a digit picker and a guidance scale ---------------------------------------
 
 
-def tiny_conditional(name: str = "gaussian", conditional: bool = True):
-    """An untrained tiny pipeline of process ``name`` whose network takes class labels (10 = no class)."""
-    from mnist_diffusion.schedulers import FORWARD_PROCESSES
-
-    process = forward_process(FORWARD_PROCESSES[name](num_train_timesteps=10))
-    process.fit(torch.rand(32, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1)
-    torch.manual_seed(0)
-    unet = CourseworkCNN(
-        n_hidden=(4, 4),
-        time_embedding_frequencies=2,
-        time_embedding_dim=8,
-        num_train_timesteps=10,
-        num_class_embeds=11 if conditional else None,
-    )
-    return process.make_pipeline(unet)
-
-
-class LabelRecorder:
-    """A forward hook keeping the batch size and ``class_labels`` of every network call."""
-
-    def __init__(self, network: torch.nn.Module) -> None:
-        self.calls: list[tuple[int, list[int] | None]] = []
-        network.register_forward_hook(self, with_kwargs=True)
-
-    def __call__(self, module, args, kwargs, output) -> None:
-        labels = kwargs.get("class_labels")
-        self.calls.append((len(args[0]), None if labels is None else labels.tolist()))
-
-
 @pytest.mark.parametrize("name", ["gaussian", "blur"])
 def test_a_conditional_model_draws_the_picked_digit_guided_as_generate_does(name):
-    pipeline = tiny_conditional(name)
-    recorder = LabelRecorder(pipeline.unet)
+    pipeline = tiny_pipeline(name)
+    recorder = CallRecorder(pipeline.unet)
     sampler = forward_process(pipeline).default_sampler
     gallery, gif, report = demo.sample_images(pipeline, sampler, 3, 2, 5, "7", 2.5)
     label = forward_process(pipeline).samplers[sampler].label
@@ -299,8 +270,8 @@ def test_a_conditional_model_draws_the_picked_digit_guided_as_generate_does(name
 
 
 def test_a_guided_request_counts_twice_against_the_budget():
-    pipeline = tiny_conditional()
-    recorder = LabelRecorder(pipeline.unet)
+    pipeline = tiny_pipeline()
+    recorder = CallRecorder(pipeline.unet)
     limits = demo.Limits(max_image_steps=12)
     with pytest.raises(ValueError) as refused:
         demo.sample_images(pipeline, "ddim", 4, 2, 0, "3", 2.0, limits=limits)
@@ -327,8 +298,8 @@ def test_a_guided_request_counts_twice_against_the_budget():
     ],
 )
 def test_a_bad_digit_or_guidance_scale_is_refused_before_any_network_call(conditional, digit, scale, message):
-    pipeline = tiny_conditional(conditional=conditional)
-    recorder = LabelRecorder(pipeline.unet)
+    pipeline = tiny_pipeline(conditional=conditional)
+    recorder = CallRecorder(pipeline.unet)
     with pytest.raises(ValueError) as refused:
         demo.sample_images(pipeline, "ddim", 3, 2, 0, digit, scale)
     assert str(refused.value) == message and recorder.calls == []
@@ -337,11 +308,11 @@ def test_a_bad_digit_or_guidance_scale_is_refused_before_any_network_call(condit
 def test_the_digit_picker_and_guidance_slider_are_shown_for_conditional_models_only(tmp_path):
     from mnist_diffusion.pipelines import save_pipeline
 
-    assert demo.digit_choices(tiny_conditional()) == ["any", *map(str, range(10))]
-    assert demo.digit_choices(tiny_conditional(conditional=False)) == []
+    assert demo.digit_choices(tiny_pipeline()) == ["any", *map(str, range(10))]
+    assert demo.digit_choices(tiny_pipeline(conditional=False)) == []
     for conditional in (True, False):
         folder = tmp_path / f"conditional_{conditional}"
-        save_pipeline(tiny_conditional(conditional=conditional), folder)
+        save_pipeline(tiny_pipeline(conditional=conditional), folder)
         page = demo.build_demo([str(folder)], test_data=None)
         props = {c["props"].get("elem_id"): c["props"] for c in page.config["components"]}
         for elem_id in ("class-digit", "guidance-scale"):
