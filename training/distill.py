@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import logging
 import math
 import os
 import sys
@@ -41,9 +40,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import yaml
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers import DDIMScheduler, DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from safetensors.torch import load_file, save_file
@@ -59,7 +56,14 @@ from mnist_diffusion.training.cli import ArgumentParser, run_cli
 from mnist_diffusion.training.data import MNIST, load_split, to_model_range
 from mnist_diffusion.training.files import write_text
 from mnist_diffusion.training.objective import per_image_loss
-from mnist_diffusion.training.train import MetricsLog, _config_argv, save_checkpoint, start_or_resume
+from mnist_diffusion.training.train import (
+    MetricsLog,
+    _config_argv,
+    make_accelerator,
+    save_checkpoint,
+    start_or_resume,
+    use_cores,
+)
 
 logger = get_logger(__name__)
 
@@ -604,17 +608,11 @@ class Distiller:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.output_dir = Path(args.output_dir)
-        self.accelerator = Accelerator(
-            cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available(),
-            project_config=ProjectConfiguration(project_dir=str(self.output_dir)),
-        )
+        self.accelerator = make_accelerator(self.output_dir, args.seed)
         accelerator = self.accelerator
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
-        set_seed(args.seed)
         # Images, steps and noise come from one generator per process, saved with every checkpoint.
         self.generator = torch.Generator().manual_seed(args.seed + 1 + accelerator.process_index)
-        usable_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        torch.set_num_threads(args.num_threads or max(1, (usable_cores or 1) // accelerator.num_processes))
+        use_cores(accelerator, args.num_threads)
 
         teacher = load_pipeline(args.teacher)
         self.teacher_scheduler = teacher.scheduler

@@ -539,6 +539,34 @@ def make_model(args: argparse.Namespace, num_train_timesteps: int) -> torch.nn.M
     )
 
 
+def make_accelerator(output_dir: Path, seed: int, **options: Any) -> Accelerator:
+    """The ``Accelerator`` of a run writing to ``output_dir`` (its logs in ``logs/``), logging and seeds set.
+
+    Under ``accelerate launch --multi_gpu`` on a machine without GPUs the processes run data-parallel on the
+    CPU (gloo). ``options`` are further ``Accelerator`` arguments (mixed precision, trackers, ...).
+    """
+    accelerator = Accelerator(
+        cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available(),
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(Path(output_dir) / "logs")
+        ),
+        **options,
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+    set_seed(seed)
+    return accelerator
+
+
+def use_cores(accelerator: Accelerator, num_threads: int | None) -> None:
+    """Give torch ``num_threads`` threads, by default an equal share of the usable cores per process.
+
+    ``accelerate launch`` exports ``OMP_NUM_THREADS=1`` for a single CPU process, which halves the speed of a
+    2-core laptop.
+    """
+    usable_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(num_threads or max(1, (usable_cores or 1) // accelerator.num_processes))
+
+
 def _checkpoints(output_dir: str) -> list[Path]:
     """Complete checkpoint folders, oldest first (a half-written one is never named ``checkpoint-N``)."""
     folders = [
@@ -636,20 +664,15 @@ class Trainer:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.output_dir = Path(args.output_dir)
-        self.accelerator = Accelerator(
-            # `accelerate launch --multi_gpu` on a machine without GPUs: data-parallel CPU processes (gloo).
-            cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available(),
+        self.accelerator = make_accelerator(
+            self.output_dir,
+            args.seed,
             mixed_precision=args.mixed_precision,
             dynamo_backend="inductor" if args.compile else "no",
             log_with="tensorboard",
-            project_config=ProjectConfiguration(
-                project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")
-            ),
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         )
         accelerator = self.accelerator
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
-        set_seed(args.seed)
         # The training noise and timesteps have a generator of their own, saved with each checkpoint, so a
         # resumed run draws exactly what the uninterrupted one would have; its seed differs per process, as
         # the ranks must not draw the same noise for their different images.
@@ -692,11 +715,7 @@ class Trainer:
             )
             logger.info("Fitted the %s process in %.1f s", self.process.name, time.perf_counter() - began)
 
-        # `accelerate launch` exports OMP_NUM_THREADS=1 for a single CPU process, which halves the speed of
-        # a 2-core laptop; by default each process gets an equal share of the cores instead.
-        usable_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        cores_per_process = max(1, (usable_cores or 1) // accelerator.num_processes)
-        torch.set_num_threads(args.num_threads or cores_per_process)
+        use_cores(accelerator, args.num_threads)
         model = make_model(args, self.process.num_train_timesteps)
         self.memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
         model = model.to(memory_format=self.memory_format)
