@@ -1,8 +1,9 @@
-"""The project's pipelines (cold diffusion; flow matching; DDPM with step callbacks), class labels with
+"""The project's pipelines (cold diffusion; flow matching; EDM; DDPM with step callbacks), class labels with
 classifier-free guidance, and the loader."""
 
 from .cold_diffusion import ColdDiffusionPipeline, ColdDiffusionPipelineOutput, make_portable
 from .ddpm import DDPMCallbackPipeline
+from .edm import EDMPipeline
 from .flow_matching import FlowMatchingPipeline
 from .guidance import ClassLabelGuidance, is_class_conditional
 from .loading import load_pipeline
@@ -13,6 +14,7 @@ __all__ = [
     "ColdDiffusionPipeline",
     "ColdDiffusionPipelineOutput",
     "DDPMCallbackPipeline",
+    "EDMPipeline",
     "FlowMatchingPipeline",
     "is_class_conditional",
     "load_pipeline",

@@ -77,6 +77,21 @@ class FlowMatchingPipeline(GrayscaleImagePipeline):
             return latents.to(device, self.unet.dtype)
         return randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
 
+    def denoising_step(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        guidance: ClassLabelGuidance,
+        generator: torch.Generator | list[torch.Generator] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One scheduler step at ``timestep``: ``(the sample after it, the clean image it points at)``."""
+        model_output = guidance.predict(self.unet, latents, timestep.expand(latents.shape[0]))
+        # The clean image this velocity points at: x_s - s v, with s = t / T.
+        pred_original_sample = latents - (timestep / self.scheduler.config.num_train_timesteps) * model_output
+        step = self.scheduler.step(model_output, timestep, latents, generator=generator, return_dict=False)
+        latents = step[0]
+        return latents, pred_original_sample
+
     @torch.no_grad()
     def __call__(
         self,
@@ -154,14 +169,10 @@ class FlowMatchingPipeline(GrayscaleImagePipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         self.start_steps(len(timesteps))
-        num_train_timesteps = self.scheduler.config.num_train_timesteps
         for i, t in enumerate(self.progress_bar(timesteps)):
             if self.interrupt:
                 continue
-            model_output = guidance.predict(self.unet, latents, t.expand(latents.shape[0]))
-            # The clean image this velocity points at: x_s - s v, with s = t / T.
-            pred_original_sample = latents - (t / num_train_timesteps) * model_output
-            latents = self.scheduler.step(model_output, t, latents, generator=generator, return_dict=False)[0]
+            latents, pred_original_sample = self.denoising_step(latents, t, guidance, generator)
             latents = self.step_end(
                 callback_on_step_end, i, t, callback_on_step_end_tensor_inputs, latents,
                 pred_original_sample=pred_original_sample,

@@ -15,11 +15,13 @@ from mnist_diffusion import (
 
 from .cold_diffusion import ColdDiffusionPipeline, imported_class, load_imported_components, local_folder
 from .ddpm import DDPMCallbackPipeline
+from .edm import EDMPipeline
 from .flow_matching import FlowMatchingPipeline
 
 # The project's own pipeline classes, by the name a saved model_index.json gives them.
 PIPELINE_CLASSES = {
-    cls.__name__: cls for cls in (ColdDiffusionPipeline, DDPMCallbackPipeline, FlowMatchingPipeline)
+    cls.__name__: cls
+    for cls in (ColdDiffusionPipeline, DDPMCallbackPipeline, EDMPipeline, FlowMatchingPipeline)
 }
 
 
@@ -28,8 +30,8 @@ def load_pipeline(path_or_repo: str | os.PathLike) -> DiffusionPipeline:
 
     Handles a stock ``DDPMPipeline`` (a ``UNet2DModel`` or ``CourseworkCNN`` unet, before or after
     :func:`~mnist_diffusion.pipelines.make_portable`), a class-conditional Gaussian ``DDPMCallbackPipeline``,
-    a ``ColdDiffusionPipeline`` and a ``FlowMatchingPipeline``; components are built from the installed
-    classes, not from code saved in the folder.
+    a ``ColdDiffusionPipeline``, a ``FlowMatchingPipeline`` and an ``EDMPipeline``; components are built from
+    the installed classes, not from code saved in the folder.
 
     Raises:
         ValueError: if the folder is missing, is not a readable pipeline (a garbled ``model_index.json``, a

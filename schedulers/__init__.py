@@ -11,6 +11,7 @@ from .blur import GaussianBlurScheduler
 from .cold import SAMPLING_METHODS, ColdDiffusionScheduler, ColdSchedulerOutput
 from .cold_process import ColdProcess
 from .des import EntropyScaledNoiseScheduler
+from .edm import EDMProcess, edm_scheduler
 from .flow_matching import FlowMatchingProcess, flow_matching_scheduler
 from .forward_process import (
     PROCESS_TYPES,
@@ -40,6 +41,7 @@ FORWARD_PROCESSES = {
     "mask": MaskScheduler,
     "pixelate": PixelateScheduler,
     "flow": flow_matching_scheduler,
+    "edm": edm_scheduler,
 }
 
 __all__ = [
@@ -51,6 +53,7 @@ __all__ = [
     "ColdDiffusionScheduler",
     "ColdProcess",
     "ColdSchedulerOutput",
+    "EDMProcess",
     "EntropyScaledNoiseScheduler",
     "FlowMatchingProcess",
     "ForwardProcess",
@@ -63,6 +66,7 @@ __all__ = [
     "PixelateScheduler",
     "Sampler",
     "ddpm_scheduler",
+    "edm_scheduler",
     "factory_options",
     "flow_matching_scheduler",
     "forward_process",

@@ -66,7 +66,7 @@ SMALL = {
     "columns": {"group_size": 4},
 }
 # Each registered process by whether it draws randomness (a fresh draw per image) with its default options.
-STOCHASTIC = {"gaussian", "impulse", "morph", "des", "flow"}
+STOCHASTIC = {"gaussian", "impulse", "morph", "des", "flow", "edm"}
 DETERMINISTIC = {"rows", "columns", "blur", "mask", "pixelate"}
 # Model options of the trainer, by --model: only the chosen model's may appear in a card.
 CNN_OPTIONS = ("n_hidden", "kernel_size", "act_fn", "dropout", "time_embedding_in_every_block")
