@@ -134,7 +134,9 @@ def test_training_flops_are_forward_and_backward_per_image():
 QUALITY = ("--section", "quality", "--quick")
 # Each recipe's process and what its config sets on top of fast_cpu.yaml.
 RECIPE_PROCESS = {"fast_cpu": "gaussian", "snr_gamma": "gaussian", "flow": "flow", "immiscible": "gaussian",
-                  "unet_small": "gaussian"}  # fmt: skip
+                  "unet_small": "gaussian", "edm": "edm", "flow_10min": "flow",
+                  "flow_30min": "flow"}  # fmt: skip
+DEFAULT_SAMPLER = {"gaussian": "dpmsolver", "flow": "flow_euler", "edm": "edm_dpmsolver"}
 
 
 def quality_json(folder: Path) -> dict:
@@ -159,7 +161,7 @@ def test_quick_quality_section_writes_the_schema_and_resumes(tmp_path: Path):
     for name, entry in results["recipes"].items():
         assert entry["config"] == f"training/configs/{RECIPES[name].name}" and entry["summary"]
         assert entry["process"] == RECIPE_PROCESS[name] and entry["num_inference_steps"] == 2
-        assert entry["sampler"] == ("flow_euler" if name == "flow" else "dpmsolver")
+        assert entry["sampler"] == DEFAULT_SAMPLER[RECIPE_PROCESS[name]]
         assert entry["missing_minutes"] == []
         # Time, not steps, ends a quick run, so every mark is reached however fast the machine is.
         marks = [point["target_minutes"] for point in entry["points"]]
@@ -175,6 +177,11 @@ def test_quick_quality_section_writes_the_schema_and_resumes(tmp_path: Path):
     assert configs["snr_gamma"]["snr_gamma"] == 5.0 and configs["fast_cpu"]["snr_gamma"] is None
     assert configs["immiscible"]["immiscible"] is True and configs["fast_cpu"]["immiscible"] is False
     assert configs["unet_small"]["unet_preset"] == "small" and configs["fast_cpu"]["unet_preset"] == "tiny"
+    # The quick run ends by time; the recipes' own step counts fit them to 15, 10 and 30 minutes.
+    flows = ("flow", "flow_10min", "flow_30min")
+    assert all(configs[name]["degradation"] == "flow" for name in flows)
+    steps = [yaml.safe_load(RECIPES[name].read_text())["max_train_steps"] for name in flows]
+    assert steps == [1600, 900, 2800]
 
     readme = (work / "README.md").read_text()
     assert readme.count(BLOCK_BEGIN) == 1 and readme.count(BLOCK_END) == 1
