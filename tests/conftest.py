@@ -218,3 +218,48 @@ class CallRecorder:
     def __call__(self, module, args, kwargs, output) -> None:
         labels = kwargs.get("class_labels")
         self.calls.append((len(args[0]), None if labels is None else labels.tolist()))
+
+
+# ----- checks that a process's saved folder passes through the tools (flow, EDM) ----------------------------
+
+
+def check_sample_script_draws(folder: Path, samplers: tuple[str, ...], tmp_path: Path) -> None:
+    """``scripts/sample.py`` draws 3 images in 4 steps from ``folder`` with each sampler, in ``[0, 1]``."""
+    import numpy as np
+
+    for sampler in samplers:
+        result = run_python("scripts/sample.py", "--model", str(folder), "--num_images", "3",
+                            "--sampler", sampler, "--num_inference_steps", "4", "--output",
+                            str(tmp_path / f"{sampler}.npy"))  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        array = np.load(tmp_path / f"{sampler}.npy")
+        assert array.shape == (3, 28, 28) and array.min() >= 0 and array.max() <= 1
+
+
+def check_card_snippet_runs_without_the_project(folder: Path, repo_id: str, tmp_path: Path) -> None:
+    """The usage snippet of ``folder``'s staged model card draws a 28 x 28 sample where the project is not
+    installed."""
+    from PIL import Image
+
+    from mnist_diffusion.publishing import hub
+
+    staged = hub.stage_pipeline(folder, tmp_path / "upload", repo_id)
+    snippet = (staged / "README.md").read_text().split("```python\n")[1].split("```")[0]
+    result = run_without_the_project(snippet.replace(repo_id, str(staged)), tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert Image.open(tmp_path / "sample.png").size == (28, 28)
+
+
+def check_train_script_trains_and_resumes(flags: list[str], output: Path) -> None:
+    """``training/train.py FLAGS`` trains 2 steps, resumes to 4, and logs the loss of each of the 4 steps."""
+    import json
+
+    result = run_python("training/train.py", *flags, "--max_train_steps", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_python(
+        "training/train.py", *flags, "--max_train_steps", "4", "--resume_from_checkpoint", "latest"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Resumed from" in result.stderr
+    records = [json.loads(line) for line in (output / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]

@@ -9,14 +9,12 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from diffusers import EDMDPMSolverMultistepScheduler, EDMEulerScheduler
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
-from PIL import Image
 
 from mnist_diffusion.models import CourseworkCNN
 from mnist_diffusion.pipelines import EDMPipeline, load_pipeline, save_pipeline
@@ -26,7 +24,12 @@ from mnist_diffusion.publishing import hub
 from mnist_diffusion.schedulers import FORWARD_PROCESSES, EDMProcess, forward_process
 from mnist_diffusion.training.objective import training_batch
 from mnist_diffusion.training.train import make_process, parse_args
-from tests.conftest import run_python, run_without_the_project
+from tests.conftest import (
+    check_card_snippet_runs_without_the_project,
+    check_sample_script_draws,
+    check_train_script_trains_and_resumes,
+    run_without_the_project,
+)
 
 T = 20
 SIGMA_MIN, SIGMA_MAX, SIGMA_DATA = 0.01, 20.0, 0.5
@@ -227,23 +230,13 @@ def test_plain_diffusers_loads_and_samples_it_without_the_project(tiny_edm_folde
 
 
 def test_sample_script_draws_with_both_samplers(tiny_edm_folder, tmp_path):
-    for sampler in ("edm_euler", "edm_dpmsolver"):
-        result = run_python("scripts/sample.py", "--model", str(tiny_edm_folder), "--num_images", "3",
-                            "--sampler", sampler, "--num_inference_steps", "4", "--output",
-                            str(tmp_path / f"{sampler}.npy"))  # fmt: skip
-        assert result.returncode == 0, result.stderr[-3000:]
-        array = np.load(tmp_path / f"{sampler}.npy")
-        assert array.shape == (3, 28, 28) and array.min() >= 0 and array.max() <= 1
+    check_sample_script_draws(tiny_edm_folder, ("edm_euler", "edm_dpmsolver"), tmp_path)
 
 
 def test_model_card_snippet_runs_without_the_project(tiny_edm_folder, tmp_path):
     card = hub.build_model_card(tiny_edm_folder, "someone/tiny-edm")
     assert "# EDM on" in card.text and "| `--degradation` | `edm` |" in card.text
-    staged = hub.stage_pipeline(tiny_edm_folder, tmp_path / "upload", "someone/tiny-edm")
-    snippet = (staged / "README.md").read_text().split("```python\n")[1].split("```")[0]
-    result = run_without_the_project(snippet.replace("someone/tiny-edm", str(staged)), tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert Image.open(tmp_path / "sample.png").size == (28, 28)
+    check_card_snippet_runs_without_the_project(tiny_edm_folder, "someone/tiny-edm", tmp_path)
 
 
 def test_train_script_trains_saves_and_resumes_an_edm_model(synthetic_mnist, tmp_path):
@@ -252,15 +245,7 @@ def test_train_script_trains_saves_and_resumes_an_edm_model(synthetic_mnist, tmp
              "--num_train_timesteps", str(T), "--n_hidden", "8", "8", "--snr_gamma", "5",
              "--train_batch_size", "32", "--num_sample_images", "2", "--sample_inference_steps", "3",
              "--logging_steps", "1", "--eval_batch_size", "64", "--checkpointing_steps", "2"]  # fmt: skip
-    result = run_python("training/train.py", *flags, "--max_train_steps", "2")
-    assert result.returncode == 0, result.stderr[-3000:]
-    result = run_python(
-        "training/train.py", *flags, "--max_train_steps", "4", "--resume_from_checkpoint", "latest"
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Resumed from" in result.stderr
+    check_train_script_trains_and_resumes(flags, output)
     pipeline = load_pipeline(output)
     assert forward_process(pipeline).name == "edm"
     assert generate(pipeline, 2, num_inference_steps=3).shape == (2, 1, 28, 28)
-    records = [json.loads(line) for line in (output / "logs" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]

@@ -27,7 +27,13 @@ from mnist_diffusion.pipelines.sampling import generate
 from mnist_diffusion.publishing import hub
 from mnist_diffusion.schedulers import FORWARD_PROCESSES, FlowMatchingProcess, forward_process
 from mnist_diffusion.training.train import parse_args
-from tests.conftest import run_python, run_without_the_project
+from tests.conftest import (
+    check_card_snippet_runs_without_the_project,
+    check_sample_script_draws,
+    check_train_script_trains_and_resumes,
+    run_python,
+    run_without_the_project,
+)
 
 T = 20
 
@@ -282,13 +288,7 @@ def test_plain_diffusers_loads_and_samples_it_without_the_project(tiny_flow_fold
 
 
 def test_sample_script_draws_with_both_samplers(tiny_flow_folder, tmp_path):
-    for sampler in ("flow_euler", "flow_heun"):
-        result = run_python("scripts/sample.py", "--model", str(tiny_flow_folder), "--num_images", "3",
-                            "--sampler", sampler, "--num_inference_steps", "4", "--output",
-                            str(tmp_path / f"{sampler}.npy"))  # fmt: skip
-        assert result.returncode == 0, result.stderr[-3000:]
-        array = np.load(tmp_path / f"{sampler}.npy")
-        assert array.shape == (3, 28, 28) and array.min() >= 0 and array.max() <= 1
+    check_sample_script_draws(tiny_flow_folder, ("flow_euler", "flow_heun"), tmp_path)
     result = run_python("scripts/sample.py", "--model", str(tiny_flow_folder), "--sampler", "ddim",
                         "--output", str(tmp_path / "x.png"))  # fmt: skip
     assert result.returncode == 2
@@ -339,11 +339,7 @@ def test_model_card_describes_it_and_its_snippet_runs_without_the_project(tiny_f
     assert "| Randomness | stochastic: a fresh random draw per image |" in text
     assert {"flow-matching", "flow"} <= set(card.data.to_dict()["tags"])
     assert "`flow_euler`: Euler (flow ODE), 20 steps (the default" in text
-    staged = hub.stage_pipeline(tiny_flow_folder, tmp_path / "upload", "someone/tiny-flow")
-    snippet = (staged / "README.md").read_text().split("```python\n")[1].split("```")[0]
-    result = run_without_the_project(snippet.replace("someone/tiny-flow", str(staged)), tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert Image.open(tmp_path / "sample.png").size == (28, 28)
+    check_card_snippet_runs_without_the_project(tiny_flow_folder, "someone/tiny-flow", tmp_path)
 
 
 def test_train_script_trains_saves_and_resumes_a_flow_model(synthetic_mnist, tmp_path):
@@ -352,17 +348,9 @@ def test_train_script_trains_saves_and_resumes_a_flow_model(synthetic_mnist, tmp
              "--timestep_density", "uniform", "--num_train_timesteps", str(T), "--n_hidden", "8", "8",
              "--train_batch_size", "32", "--num_sample_images", "2", "--sample_inference_steps", "3",
              "--logging_steps", "1", "--eval_batch_size", "64", "--checkpointing_steps", "2"]  # fmt: skip
-    result = run_python("training/train.py", *flags, "--max_train_steps", "2")
-    assert result.returncode == 0, result.stderr[-3000:]
-    result = run_python(
-        "training/train.py", *flags, "--max_train_steps", "4", "--resume_from_checkpoint", "latest"
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Resumed from" in result.stderr
+    check_train_script_trains_and_resumes(flags, output)
     pipeline = load_pipeline(output)
     process = forward_process(pipeline)
     assert process.name == "flow" and process.scheduler.config["_timestep_density"] == "uniform"
     assert generate(pipeline, 2, num_inference_steps=3).shape == (2, 1, 28, 28)
-    records = [json.loads(line) for line in (output / "logs" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
     assert (output / "samples" / "epoch_000.png").is_file()
