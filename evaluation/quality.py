@@ -37,8 +37,8 @@ from mnist_diffusion.training.train import MINUTES_PREFIX, SNAPSHOT_FILE, parse_
 
 SCHEMA_VERSION = 1
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
-# The candidate recipes: name -> train.py config. fast_cpu is today's 30-minute recipe; the next five change one
-# thing each; flow_10min and flow_30min are the best of them with its schedule fitted to 10 and 30 minutes.
+# The candidate recipes: name -> train.py config. fast_cpu is today's 30-minute recipe; the next five change
+# one thing each; flow_10min and flow_30min are the best of them with schedules fitted to 10 and 30 minutes.
 RECIPES: dict[str, Path] = {
     "fast_cpu": CONFIGS / "fast_cpu.yaml",
     "snr_gamma": CONFIGS / "fast_cpu_snr_gamma.yaml",
