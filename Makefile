@@ -40,8 +40,8 @@ install: $(INSTALLED)
 quickstart: install
 	$(BIN)/accelerate launch -q --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
 		training/train.py --config training/configs/quickstart.yaml --dataset_name $(MNIST) --output_dir $(QUICKSTART_DIR)
-	$(BIN)/python scripts/sample.py --model $(QUICKSTART_DIR) --num_images 64 --sampler dpmsolver \
-		--num_inference_steps 25 --seed 0 --output $(QUICKSTART_DIR)/samples.png
+	$(BIN)/python scripts/sample.py --model $(QUICKSTART_DIR) --num_images 64 --seed 0 \
+		--output $(QUICKSTART_DIR)/samples.png
 
 lint: install
 	$(BIN)/ruff check .

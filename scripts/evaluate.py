@@ -1,6 +1,6 @@
 """Score samples of a saved pipeline (or a ``.npy`` of images) against MNIST; write metrics.json and figures.
 
-    python scripts/evaluate.py --model outputs/quickstart --num_images 1000 --sampler dpmsolver \\
+    python scripts/evaluate.py --model outputs/quickstart --num_images 1000 --sampler flow_euler \\
         --num_inference_steps 25 --seed 0 --output outputs/quickstart/eval/metrics.json
     python scripts/evaluate.py --samples samples.npy --output metrics.json
 

@@ -1,6 +1,6 @@
 """Draw samples from a saved pipeline folder and write a PNG grid or a ``.npy`` array.
 
-    python scripts/sample.py --model outputs/quickstart --num_images 64 --sampler dpmsolver \\
+    python scripts/sample.py --model outputs/quickstart --num_images 64 --sampler flow_euler \\
         --num_inference_steps 25 --seed 0 --output samples.png
     python scripts/sample.py --model outputs/quickstart_conditional --digits all --num_images 8 \\
         --guidance_scale 3 --output digits.png    # a class-conditional model: one row per digit
@@ -8,7 +8,7 @@
 ``.npy`` output is a float32 array of shape ``(N, 28, 28)`` in ``[0, 1]``, in the order the images were
 asked for (with ``--digits all``: digit 0's images first). The same seed gives the same images.
 ``--sampler`` is one of the samplers of the pipeline's forward process (Gaussian: ddpm, ddim, dpmsolver;
-cold: improved, naive, direct); by default the process's own.
+flow matching: flow_euler, flow_heun; cold: improved, naive, direct); by default the process's own.
 
 A class-conditional model (trained with ``--class_conditional``) draws the digits asked for with
 ``--digits``, guided with ``--guidance_scale``; without ``--digits`` it draws every digit in turn (0, 1, ...,

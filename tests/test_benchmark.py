@@ -17,7 +17,7 @@ import yaml
 from diffusers import DDPMScheduler
 from PIL import Image
 
-from mnist_diffusion.evaluation.benchmark import training_flops_per_image
+from mnist_diffusion.evaluation.benchmark import sampler_plan, training_flops_per_image
 from mnist_diffusion.evaluation.quality import (
     BLOCK_BEGIN,
     BLOCK_END,
@@ -29,8 +29,8 @@ from mnist_diffusion.evaluation.quality import (
     saved_points,
 )
 from mnist_diffusion.models import CourseworkCNN
-from mnist_diffusion.pipelines import ColdDiffusionPipeline, load_pipeline
-from mnist_diffusion.schedulers import AveragingScheduler, forward_process
+from mnist_diffusion.pipelines import load_pipeline
+from mnist_diffusion.schedulers import AveragingScheduler, flow_matching_scheduler, forward_process
 from tests.conftest import PROJECT_ROOT, run_python
 
 SCRIPT = str(PROJECT_ROOT / "scripts" / "benchmark.py")
@@ -100,18 +100,37 @@ def test_bad_flag_is_one_error_line(tmp_path: Path):
     assert not (tmp_path / "results.json").exists()
 
 
-def test_a_model_without_the_timed_samplers_is_refused_before_training(tmp_path: Path):
-    scheduler = AveragingScheduler(group_size=4)
-    scheduler.fit_prior(torch.rand(16, 1, 28, 28) * 2 - 1, torch.Generator().manual_seed(0))
-    unet = CourseworkCNN(n_hidden=(4,), num_train_timesteps=scheduler.config.num_train_timesteps)
-    ColdDiffusionPipeline(unet, scheduler).save_pretrained(tmp_path / "cold")
-    result = run_python(SCRIPT, "--quick", "--model=cold", "--output=results.json", cwd=tmp_path)
-    assert result.returncode == 2
-    process = forward_process(scheduler)
-    assert result.stderr.strip().splitlines() == [
-        f"error: sampler 'ddpm' is not available for the {process.name} process; "
-        f"choose one of {', '.join(process.samplers)}"
+def test_the_sampler_comparison_fits_the_models_process():
+    # The quickstart may be Gaussian or flow matching; a cold model gets its own samplers. Steps are capped
+    # at T, and the reference (every timestep) comes first.
+    gaussian = forward_process(DDPMScheduler(num_train_timesteps=1000))
+    assert sampler_plan(gaussian) == [
+        ("ddpm", 1000),
+        ("ddim", 50),
+        ("ddim", 20),
+        ("dpmsolver", 20),
+        ("dpmsolver", 10),
     ]
+    flow = forward_process(flow_matching_scheduler(num_train_timesteps=1000))
+    assert sampler_plan(flow) == [
+        ("flow_euler", 1000),
+        ("flow_euler", 50),
+        ("flow_heun", 13),
+        ("flow_euler", 20),
+        ("flow_euler", 10),
+    ]
+    cold = forward_process(AveragingScheduler(group_size=4))
+    rows = sampler_plan(cold)
+    assert rows[0] == (cold.default_sampler, cold.num_train_timesteps)
+    assert {sampler for sampler, _ in rows} == set(cold.samplers)
+    assert all(1 <= steps <= cold.num_train_timesteps for _, steps in rows)
+
+
+def test_a_folder_without_a_pipeline_is_refused_before_training(tmp_path: Path):
+    (tmp_path / "empty").mkdir()
+    result = run_python(SCRIPT, "--quick", "--model=empty", "--output=results.json", cwd=tmp_path)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "empty" in result.stderr
     assert not (tmp_path / "results.json").exists()
 
 
@@ -132,8 +151,8 @@ def test_training_flops_are_forward_and_backward_per_image():
 # ----- the quality section: recipes trained for minutes, checkpoints by training-loop time ------------------
 
 QUALITY = ("--section", "quality", "--quick")
-# Each recipe's process and what its config sets on top of fast_cpu.yaml.
-RECIPE_PROCESS = {"fast_cpu": "gaussian", "snr_gamma": "gaussian", "flow": "flow", "immiscible": "gaussian",
+# Each recipe's process and what its config sets on top of fast_cpu_gaussian.yaml.
+RECIPE_PROCESS = {"gaussian": "gaussian", "snr_gamma": "gaussian", "flow": "flow", "immiscible": "gaussian",
                   "unet_small": "gaussian", "edm": "edm", "flow_10min": "flow",
                   "flow_30min": "flow"}  # fmt: skip
 DEFAULT_SAMPLER = {"gaussian": "dpmsolver", "flow": "flow_euler", "edm": "edm_dpmsolver"}
@@ -174,9 +193,9 @@ def test_quick_quality_section_writes_the_schema_and_resumes(tmp_path: Path):
             snapshot = load_pipeline(work / name / point["checkpoint"])
             assert forward_process(snapshot).name == RECIPE_PROCESS[name]
     configs = {name: yaml.safe_load((work / name / "training_config.yaml").read_text()) for name in RECIPES}
-    assert configs["snr_gamma"]["snr_gamma"] == 5.0 and configs["fast_cpu"]["snr_gamma"] is None
-    assert configs["immiscible"]["immiscible"] is True and configs["fast_cpu"]["immiscible"] is False
-    assert configs["unet_small"]["unet_preset"] == "small" and configs["fast_cpu"]["unet_preset"] == "tiny"
+    assert configs["snr_gamma"]["snr_gamma"] == 5.0 and configs["gaussian"]["snr_gamma"] is None
+    assert configs["immiscible"]["immiscible"] is True and configs["gaussian"]["immiscible"] is False
+    assert configs["unet_small"]["unet_preset"] == "small" and configs["gaussian"]["unet_preset"] == "tiny"
     # The quick run ends by time; the recipes' own step counts fit them to 15, 10 and 30 minutes.
     flows = ("flow", "flow_10min", "flow_30min")
     assert all(configs[name]["degradation"] == "flow" for name in flows)
