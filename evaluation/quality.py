@@ -39,7 +39,8 @@ SCHEMA_VERSION = 1
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 # The candidate recipes: name -> train.py config. gaussian is the first 30-minute recipe (fast_cpu.yaml until
 # flow matching beat it); the next five change one thing each; flow_10min and flow_30min are the best of them
-# with schedules fitted to 10 and 30 minutes (the second shipped as fast_cpu.yaml).
+# with schedules fitted to 10 and 30 minutes (the second shipped as fast_cpu.yaml); the last two change the
+# flow recipe's network shape (depth, attention).
 RECIPES: dict[str, Path] = {
     "gaussian": CONFIGS / "fast_cpu_gaussian.yaml",
     "snr_gamma": CONFIGS / "fast_cpu_snr_gamma.yaml",
@@ -49,6 +50,8 @@ RECIPES: dict[str, Path] = {
     "edm": CONFIGS / "fast_cpu_edm.yaml",
     "flow_10min": CONFIGS / "fast_cpu_flow_10min.yaml",
     "flow_30min": CONFIGS / "fast_cpu.yaml",
+    "flow_2layers": CONFIGS / "fast_cpu_flow_2layers.yaml",
+    "flow_no_attention": CONFIGS / "fast_cpu_flow_no_attention.yaml",
 }
 MINUTES: tuple[float, ...] = (2.5, 5.0, 10.0, 20.0, 30.0)
 # The smoke run's marks: fractions of a second, always reached, since the run stops at the last one.

@@ -6,16 +6,26 @@ from typing import Any
 
 from diffusers import UNet2DModel
 
+# 28 -> 14 -> 7: two downsamplings keep every feature map an integer size; attention only at 7x7,
+# where it is cheap, so the model trains at a useful speed on a laptop CPU.
+# About the coursework CNN's cost per image on a CPU, with a far larger receptive field.
+_TINY: dict[str, Any] = {
+    "block_out_channels": (16, 32, 64),
+    "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+    "up_block_types": ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+}
 UNET_PRESETS: dict[str, dict[str, Any]] = {
-    # 28 -> 14 -> 7: two downsamplings keep every feature map an integer size; attention only at 7x7,
-    # where it is cheap, so the model trains at a useful speed on a laptop CPU.
-    # About the coursework CNN's cost per image on a CPU, with a far larger receptive field.
-    "tiny": {
-        "block_out_channels": (16, 32, 64),
-        "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-        "up_block_types": ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-        "layers_per_block": 1,
-        "norm_num_groups": 8,
+    "tiny": _TINY,
+    # The tiny preset's shape varied one way each, for the quality-per-CPU-minute benchmark: two ResNet
+    # layers per level (depth), and no attention at all (attention resolutions).
+    "tiny_2layers": {**_TINY, "layers_per_block": 2},
+    "tiny_no_attention": {
+        **_TINY,
+        "down_block_types": ("DownBlock2D",) * 3,
+        "up_block_types": ("UpBlock2D",) * 3,
+        "add_attention": False,  # the middle block's too
     },
     "small": {
         "block_out_channels": (32, 64, 64),

@@ -154,7 +154,7 @@ QUALITY = ("--section", "quality", "--quick")
 # Each recipe's process and what its config sets on top of fast_cpu_gaussian.yaml.
 RECIPE_PROCESS = {"gaussian": "gaussian", "snr_gamma": "gaussian", "flow": "flow", "immiscible": "gaussian",
                   "unet_small": "gaussian", "edm": "edm", "flow_10min": "flow",
-                  "flow_30min": "flow"}  # fmt: skip
+                  "flow_30min": "flow", "flow_2layers": "flow", "flow_no_attention": "flow"}  # fmt: skip
 DEFAULT_SAMPLER = {"gaussian": "dpmsolver", "flow": "flow_euler", "edm": "edm_dpmsolver"}
 
 

@@ -78,6 +78,21 @@ def test_unet_preset_for_28x28():
         unet_preset("huge")
 
 
+def test_the_tiny_shape_variants_change_only_their_one_thing():
+    tiny, deeper, flat = (unet_preset(name) for name in ("tiny", "tiny_2layers", "tiny_no_attention"))
+    for model in (deeper, flat):
+        assert model.config.block_out_channels == tiny.config.block_out_channels
+        assert model(torch.randn(2, 1, 28, 28), torch.tensor([3, 4])).sample.shape == (2, 1, 28, 28)
+    assert (tiny.config.layers_per_block, deeper.config.layers_per_block) == (1, 2)
+    assert deeper.config.down_block_types == tiny.config.down_block_types
+
+    def attention_layers(model):
+        return sum(type(module).__name__ == "Attention" for module in model.modules())
+
+    # tiny: the 7x7 down block (one layer), the 7x7 up block (two) and the middle block.
+    assert (attention_layers(tiny), attention_layers(deeper), attention_layers(flat)) == (4, 6, 0)
+
+
 def test_class_conditional_cnn_uses_its_labels():
     torch.manual_seed(0)
     model = CourseworkCNN(n_hidden=(4, 4), num_class_embeds=11, num_train_timesteps=10)
