@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from mnist_diffusion.evaluation.conditional import (
@@ -22,7 +23,7 @@ from mnist_diffusion.evaluation.conditional import (
     recommended_guidance_scale,
     requested_digits,
 )
-from mnist_diffusion.evaluation.conditional_benchmark import COLD_DEGRADATIONS
+from mnist_diffusion.evaluation.conditional_benchmark import COLD_DEGRADATIONS, QUICKSTART_CONFIG
 from mnist_diffusion.evaluation.metrics import SampleQuality
 from mnist_diffusion.pipelines import load_pipeline, save_pipeline
 from mnist_diffusion.pipelines.sampling import generate
@@ -411,7 +412,8 @@ def test_quick_conditional_benchmark_writes_its_schema_and_resumes(tmp_path):
     # (a) The quickstart recipe, unconditional and conditional, at the same budget.
     plain, conditional = results["quickstart"]["unconditional"], results["quickstart"]["conditional"]
     assert plain["train_steps"] == conditional["train_steps"] == 2
-    assert plain["sampler"] == conditional["sampler"] == "dpmsolver"
+    shipped_sampler = yaml.safe_load(QUICKSTART_CONFIG.read_text())["sampler"]
+    assert plain["sampler"] == conditional["sampler"] == shipped_sampler == "flow_euler"
     assert plain["fid"] > 0 and plain["fid_floor"] >= 0 and "conditional_accuracy" not in plain
     assert not load_pipeline(work / "quickstart").unet.config.get("num_class_embeds")
     assert load_pipeline(work / "quickstart_conditional").unet.config.num_class_embeds == 11

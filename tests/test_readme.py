@@ -51,9 +51,6 @@ SUBSTITUTIONS = (
         "quickstart config names the Hub's); the placeholder [--key value ...] becomes these flags",
     ),
     Substitution(
-        r"num_inference_steps=1000\b", "num_inference_steps=10", "10 DDPM steps instead of 1000 (minutes)"
-    ),
-    Substitution(
         r"--num_images 1000 (--guidance_scale)",
         r"--num_images 20 \1",
         "conditional evaluation: 20 samples (two of each digit) per guidance scale instead of 1000",
