@@ -60,7 +60,8 @@ TRACK_TQDM = gr.Progress(track_tqdm=True)
 # ----- limits per request -------------------------------------------------------------------------------
 # Measured on this project's 2-core AMD EPYC (torch with 2 threads, DDPM sampling of untrained weights, best
 # of 3 runs, load average below 1), one network call on a batch of N images costs about c0 + c1 * N:
-#   tiny UNet preset (the quickstart model):  c0 ~ 9 ms,  c1 ~ 2.1 ms per image
+#   tiny UNet preset (with attention; the quickstart's has none and costs a little less):
+#                                              c0 ~ 9 ms,  c1 ~ 2.1 ms per image
 #       (12 ms for 1 image, 2.7 ms per image at 16, 2.2 ms per image at 64)
 #   coursework CNN (16 32 32 16):              c0 ~ 1.2 ms, c1 ~ 0.8 ms per image
 #       (2.0 ms for 1 image, 0.85 ms per image at 16, 0.77 ms per image at 64)
