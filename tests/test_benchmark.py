@@ -31,6 +31,7 @@ from mnist_diffusion.evaluation.quality import (
 from mnist_diffusion.models import CourseworkCNN
 from mnist_diffusion.pipelines import load_pipeline
 from mnist_diffusion.schedulers import AveragingScheduler, flow_matching_scheduler, forward_process
+from mnist_diffusion.training.train import parse_args as parse_train_args
 from tests.conftest import PROJECT_ROOT, run_python
 
 SCRIPT = str(PROJECT_ROOT / "scripts" / "benchmark.py")
@@ -162,6 +163,20 @@ def quality_json(folder: Path) -> dict:
     return json.loads(
         (folder / "outputs" / "quality_per_minute_quick" / "quality_per_minute.json").read_text()
     )
+
+
+def test_the_shipped_recipes_are_the_measured_ones():
+    # The quickstart is the best 10-minute recipe stopped at 10 minutes; fast_cpu.yaml is flow_30min itself.
+    configs = PROJECT_ROOT / "training" / "configs"
+    shipped = vars(parse_train_args(["--config", str(configs / "quickstart.yaml")]))
+    measured = vars(parse_train_args(["--config", str(RECIPES["flow_no_attention"])]))
+    assert {key: shipped[key] for key in shipped if shipped[key] != measured[key]} == {
+        "config": str(configs / "quickstart.yaml"),
+        "output_dir": "outputs/quickstart",
+        "max_train_minutes": 10.0,
+        "num_validation_images": 2000,
+    }
+    assert RECIPES["flow_30min"] == configs / "fast_cpu.yaml"
 
 
 def test_quick_quality_section_writes_the_schema_and_resumes(tmp_path: Path):
