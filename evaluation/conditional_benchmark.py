@@ -11,13 +11,15 @@ Two measurements, each with the real trainer (:func:`mnist_diffusion.training.tr
     asked for equally often and every scale from the same seed.
 (b) Every cold degradation trained class-conditionally at one budget: its
     ``training/configs/cold_<name>.yaml`` (the coursework CNN 16-32-32-16, batch 128, as the report's cold
-    runs) with ``--class_conditional`` and the same ``--max_train_steps`` for all. Each is scored at ``w = 1``
-    with every sampler of its process; the one of lowest FID (its best sampler) is then scored at every
-    guidance scale.
+    runs) with ``--class_conditional`` and the quickstart's budget for all (``--max_train_minutes 10``).
+    Each is scored at ``w = 1`` with every sampler of its process; the one of lowest FID (its best sampler)
+    is then scored at every guidance scale.
 
 Everything resumes: a killed training continues from its latest checkpoint, a finished one is not trained
 again, and each scored row is written to the JSON at once, so running the same command again scores only what
-is missing. Used by ``scripts/benchmark.py --section conditional``.
+is missing. A run scored in full is not even opened: a later session whose training folders are gone (a fresh
+clone holding the committed JSON) goes on with the runs still missing. Used by ``scripts/benchmark.py
+--section conditional``.
 """
 
 from __future__ import annotations
@@ -47,8 +49,8 @@ QUICKSTART_CONFIG = CONFIGS / "quickstart.yaml"
 COLD_DEGRADATIONS: tuple[str, ...] = tuple(
     name for name, factory in FORWARD_PROCESSES.items() if isinstance(forward_process(factory()), ColdProcess)
 )
-# The budget of every cold run: optimisation steps at its config's batch (128 images): about 4 epochs.
-COLD_STEPS = 2000
+# The budget of every cold run: the quickstart's, in minutes of training-loop time.
+COLD_MINUTES = 10.0
 # The cold runs' network, for a degradation without a shipped config (the cold configs' own settings).
 COLD_BASE_FLAGS = ("--model=cnn", "--n_hidden", "16", "32", "32", "16", "--learning_rate=0.0002",
                    "--train_batch_size=128")  # fmt: skip
@@ -62,7 +64,7 @@ SETTINGS_KEYS = (
     "seed",
     "dataset",
     "degradations",
-    "cold_steps",
+    "cold_minutes",
     "num_inference_steps",
     "train_flags",
     "quick",
@@ -81,7 +83,7 @@ class ConditionalPlan:
         guidance_scales: the guidance scales of the curves.
         seed: seed of the samples (the same at every scale) and of the metrics' random subsets.
         degradations: the cold degradations to train, in this order.
-        cold_steps: the optimisation steps of every cold run (the same budget for all).
+        cold_minutes: the training-loop minutes of every cold run (the same budget for all).
         num_inference_steps: a cap on every sampler's steps (``None``: each sampler's usual count).
         train_flags: ``train.py`` flags appended to every run (the smoke run's tiny settings).
         quick: a smoke run (synthetic data, seconds of training); recorded in the results.
@@ -101,7 +103,7 @@ class ConditionalPlan:
     guidance_scales: tuple[float, ...] = DEFAULT_GUIDANCE_SCALES
     seed: int = 0
     degradations: tuple[str, ...] = COLD_DEGRADATIONS
-    cold_steps: int = COLD_STEPS
+    cold_minutes: float = COLD_MINUTES
     num_inference_steps: int | None = None
     train_flags: tuple[str, ...] = ()
     quick: bool = False
@@ -117,7 +119,7 @@ class ConditionalPlan:
             "guidance_scales": list(self.guidance_scales),
             "seed": self.seed,
             "degradations": list(self.degradations),
-            "cold_steps": self.cold_steps,
+            "cold_minutes": self.cold_minutes,
             "num_inference_steps": self.num_inference_steps,
             "train_flags": list(self.train_flags),
             "quick": self.quick,
@@ -149,7 +151,7 @@ class ConditionalPlan:
             f"--dataset_name={self.dataset_name}",
             f"--output_dir={self.work_dir / f'cold_{name}'}",
             "--class_conditional",
-            f"--max_train_steps={self.cold_steps}",
+            f"--max_train_minutes={self.cold_minutes:g}",
             *COLD_RUN_FLAGS,
             *targets,
             "--resume_from_checkpoint=latest",
@@ -185,6 +187,15 @@ class Results(ResultsFile):
         entry |= {"folder": str(folder), **record}
         self.data[section][name] = entry
         return entry
+
+    def finished(self, section: str, name: str) -> bool:
+        """Whether run ``name`` of ``section`` is scored in full: a later session (whose training folders may
+        be gone) neither trains nor samples it again."""
+        entry = self.data[section].get(name, {})
+        if section == "quickstart" and name == "unconditional":
+            return "fid" in entry
+        scored = {row["guidance_scale"] for row in entry.get("curve", [])}
+        return set(self.data["settings"]["guidance_scales"]) <= scored
 
 
 def train_run(argv: list[str]) -> Path:
@@ -270,6 +281,8 @@ def run_conditional(plan: ConditionalPlan, results: Results, quality) -> dict[st
     """
     for conditional in (False, True):
         name = "conditional" if conditional else "unconditional"
+        if results.finished("quickstart", name):
+            continue
         folder = train_run(plan.quickstart_argv(conditional))
         entry = results.entry("quickstart", name, folder)
         pipeline = load_pipeline(folder)
@@ -283,6 +296,8 @@ def run_conditional(plan: ConditionalPlan, results: Results, quality) -> dict[st
             _score_unconditional(entry, pipeline, quality, plan, results)
 
     for name in plan.degradations:
+        if results.finished("cold", name):
+            continue
         folder = train_run(plan.cold_argv(name))
         entry = results.entry("cold", name, folder)
         pipeline = load_pipeline(folder)
@@ -387,14 +402,15 @@ def markdown_report(results: dict[str, Any]) -> str:
         "## Every cold degradation, class-conditional",
         "",
         "Each trained with `--class_conditional` from its `training/configs/cold_<name>.yaml` (the "
-        f"coursework CNN 16-32-32-16, batch 128) for the same {settings['cold_steps']} steps; scored at "
-        "w = 1 with every sampler of its process, then with the best one (lowest FID) at every guidance "
-        "scale. Cells: conditional accuracy / FID.",
+        f"coursework CNN 16-32-32-16, batch 128) for the same {settings['cold_minutes']:g} minutes of "
+        "training-loop time (steps: the optimisation steps that fitted in them); scored at w = 1 with every "
+        "sampler of its process, then with the best one (lowest FID) at every guidance scale. Cells: "
+        "conditional accuracy / FID.",
         "",
         "| degradation | best sampler | "
         + " | ".join(f"w = {scale:g}" for scale in scales)
-        + " | FID floor |",
-        "| --- | --- | " + " | ".join("---:" for _ in scales) + " | ---: |",
+        + " | FID floor | steps |",
+        "| --- | --- | " + " | ".join("---:" for _ in scales) + " | ---: | ---: |",
     ]
     for name, entry in cold.items():
         best = entry.get("best_sampler")
@@ -405,7 +421,7 @@ def markdown_report(results: dict[str, Any]) -> str:
         cells = " | ".join(_cell(rows.get(scale)) for scale in scales)
         lines.append(
             f"| {name} | {sampler['label']}, {sampler['num_inference_steps']} steps | {cells} | "
-            f"{sampler['fid_floor']:.2f} |"
+            f"{sampler['fid_floor']:.2f} | {entry.get('train_steps', '?')} |"
         )
     lines += ["", "Every sampler at w = 1 (conditional accuracy / FID):", ""]
     for name, entry in cold.items():

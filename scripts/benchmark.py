@@ -559,13 +559,13 @@ CONDITIONAL_QUICK_TRAIN_FLAGS = (
     "--lr_warmup_steps=0",
     "--num_threads=1",
 )
-CONDITIONAL_QUICK = {"num_images": 20, "cold_steps": 2, "num_inference_steps": 2}
+CONDITIONAL_QUICK = {"num_images": 20, "num_inference_steps": 2}
 
 
 def parse_conditional_args(argv: list[str]) -> argparse.Namespace:
     """Flags of ``--section conditional``; every value is checked before any training."""
     from mnist_diffusion.evaluation.conditional import DEFAULT_GUIDANCE_SCALES, check_guidance_scales
-    from mnist_diffusion.evaluation.conditional_benchmark import COLD_DEGRADATIONS, COLD_STEPS
+    from mnist_diffusion.evaluation.conditional_benchmark import COLD_DEGRADATIONS, COLD_MINUTES
     from mnist_diffusion.training.train import NUM_CLASSES
 
     parser = ArgumentParser(
@@ -620,11 +620,11 @@ def parse_conditional_args(argv: list[str]) -> argparse.Namespace:
         help="the cold degradations to train and score, in this order (default: all)",
     )
     parser.add_argument(
-        "--cold_steps",
-        type=int,
-        default=None,
-        help=f"optimisation steps of every cold run, at its config's batch (default {COLD_STEPS}; "
-        "--quick: 2)",
+        "--cold_minutes",
+        type=float,
+        default=COLD_MINUTES,
+        help=f"training-loop minutes of every cold run (default {COLD_MINUTES:g}, the quickstart's; --quick "
+        "runs stop after 2 steps)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num_threads", type=int, default=None, help="torch threads for sampling and FID")
@@ -636,17 +636,15 @@ def parse_conditional_args(argv: list[str]) -> argparse.Namespace:
     )
     args.markdown = Path(args.markdown or Path(args.output).with_suffix(".md"))
     args.num_inference_steps = CONDITIONAL_QUICK["num_inference_steps"] if args.quick else None
-    defaults = CONDITIONAL_QUICK if args.quick else {"num_images": 1000, "cold_steps": COLD_STEPS}
-    for name in ("num_images", "cold_steps"):
-        if getattr(args, name) is None:
-            setattr(args, name, defaults[name])
+    if args.num_images is None:
+        args.num_images = CONDITIONAL_QUICK["num_images"] if args.quick else 1000
     if args.num_images < NUM_CLASSES or args.num_images % NUM_CLASSES:
         raise ValueError(
             f"--num_images must be a positive multiple of {NUM_CLASSES} (each digit asked for equally "
             f"often), got {args.num_images}"
         )
-    if args.cold_steps < 1:
-        raise ValueError(f"--cold_steps must be at least 1, got {args.cold_steps}")
+    if not args.cold_minutes > 0:
+        raise ValueError(f"--cold_minutes must be positive, got {args.cold_minutes:g}")
     if args.num_threads is not None and args.num_threads < 1:
         raise ValueError(f"--num_threads must be at least 1, got {args.num_threads}")
     if len(set(args.degradations)) != len(args.degradations):
@@ -684,7 +682,7 @@ def conditional_main(argv: list[str], command: str) -> None:
         guidance_scales=args.guidance_scales,
         seed=args.seed,
         degradations=tuple(args.degradations),
-        cold_steps=args.cold_steps,
+        cold_minutes=args.cold_minutes,
         num_inference_steps=args.num_inference_steps,
         train_flags=CONDITIONAL_QUICK_TRAIN_FLAGS if args.quick else (),
         quick=args.quick,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -438,13 +439,14 @@ def test_quick_conditional_benchmark_writes_its_schema_and_resumes(tmp_path):
         assert curve[1] == samplers[entry["best_sampler"]]  # w = 1 was scored once, with the samplers
     markdown = (work / "conditional.md").read_text()
     assert "| unconditional | - | - |" in markdown and markdown.count("| class-conditional |") == 5
-    assert "| degradation | best sampler | w = 0 | w = 1 | w = 2 | w = 3 | w = 5 | FID floor |" in markdown
+    header = "| degradation | best sampler | w = 0 | w = 1 | w = 2 | w = 3 | w = 5 | FID floor | steps |"
+    assert header in markdown
     assert all(f"| {name} | " in markdown for name in COLD_DEGRADATIONS)
 
-    # A second run finds every run trained and every score there: nothing is redone.
+    # A second run finds every score there: no run is trained or even opened again.
     again = run_python(script, *CONDITIONAL, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stderr.count("has finished") == 2 + len(COLD_DEGRADATIONS)
+    assert "has finished" not in again.stderr
     rerun = json.loads(path.read_text())
     assert len(rerun["sessions"]) == 2
     assert {key: rerun[key] for key in ("quickstart", "cold")} == {
@@ -468,6 +470,14 @@ def test_quick_conditional_benchmark_writes_its_schema_and_resumes(tmp_path):
             assert row["conditional_accuracy"] == earlier["conditional_accuracy"]
             assert row["fid"] == pytest.approx(earlier["fid"], rel=1e-4)
 
+    # A later session on a fresh clone, without the training folders: the scored runs are not trained again.
+    for folder in ("quickstart", "quickstart_conditional", *(f"cold_{name}" for name in COLD_DEGRADATIONS)):
+        shutil.rmtree(work / folder)
+    later = run_python(script, *CONDITIONAL, cwd=tmp_path)
+    assert later.returncode == 0, later.stderr[-3000:]
+    assert sorted(path.name for path in work.iterdir() if path.is_dir()) == ["synthetic_mnist"]
+    assert json.loads(path.read_text())["cold"] == restored["cold"]
+
     # Other settings are refused rather than mixed into these results.
     other = run_python(script, *CONDITIONAL, "--guidance_scales", "0", "1", cwd=tmp_path)
     assert other.returncode == 2
@@ -486,7 +496,7 @@ def test_quick_conditional_benchmark_writes_its_schema_and_resumes(tmp_path):
             "--num_images must be a positive multiple of 10 (each digit asked for equally often), got 15",
         ),
         (["--guidance_scales", "1", "-1"], "--guidance_scales: guidance scales must be finite numbers >= 0"),
-        (["--cold_steps", "0"], "--cold_steps must be at least 1, got 0"),
+        (["--cold_minutes", "0"], "--cold_minutes must be positive, got 0"),
         (["--degradations", "blur", "blur"], "--degradations names one degradation twice"),
         (["--degradations", "fog"], "argument --degradations: invalid choice: 'fog'"),
         (["--output", "results.txt"], "--output 'results.txt' must end in .json"),
