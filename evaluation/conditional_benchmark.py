@@ -51,6 +51,9 @@ COLD_DEGRADATIONS: tuple[str, ...] = tuple(
 )
 # The budget of every cold run: the quickstart's, in minutes of training-loop time.
 COLD_MINUTES = 10.0
+# The cold samplers' step cap (evenly spaced timesteps from T down to 1): blur's T. A process's every step
+# costs a network call per image, and des samples with DDPM's 1000 ancestral steps, hours per score on a CPU.
+COLD_MAX_STEPS = 20
 # The cold runs' network, for a degradation without a shipped config (the cold configs' own settings).
 COLD_BASE_FLAGS = ("--model=cnn", "--n_hidden", "16", "32", "32", "16", "--learning_rate=0.0002",
                    "--train_batch_size=128")  # fmt: skip
@@ -65,6 +68,7 @@ SETTINGS_KEYS = (
     "dataset",
     "degradations",
     "cold_minutes",
+    "cold_max_steps",
     "num_inference_steps",
     "train_flags",
     "quick",
@@ -84,6 +88,7 @@ class ConditionalPlan:
         seed: seed of the samples (the same at every scale) and of the metrics' random subsets.
         degradations: the cold degradations to train, in this order.
         cold_minutes: the training-loop minutes of every cold run (the same budget for all).
+        cold_max_steps: a cap on every cold sampler's steps.
         num_inference_steps: a cap on every sampler's steps (``None``: each sampler's usual count).
         train_flags: ``train.py`` flags appended to every run (the smoke run's tiny settings).
         quick: a smoke run (synthetic data, seconds of training); recorded in the results.
@@ -104,6 +109,7 @@ class ConditionalPlan:
     seed: int = 0
     degradations: tuple[str, ...] = COLD_DEGRADATIONS
     cold_minutes: float = COLD_MINUTES
+    cold_max_steps: int = COLD_MAX_STEPS
     num_inference_steps: int | None = None
     train_flags: tuple[str, ...] = ()
     quick: bool = False
@@ -120,6 +126,7 @@ class ConditionalPlan:
             "seed": self.seed,
             "degradations": list(self.degradations),
             "cold_minutes": self.cold_minutes,
+            "cold_max_steps": self.cold_max_steps,
             "num_inference_steps": self.num_inference_steps,
             "train_flags": list(self.train_flags),
             "quick": self.quick,
@@ -162,6 +169,10 @@ class ConditionalPlan:
         """The steps to sample ``sampler`` with: ``steps`` (else its usual count), capped by the plan."""
         steps = steps or process.default_steps(sampler)
         return min(steps, self.num_inference_steps) if self.num_inference_steps else steps
+
+    def cold_steps(self, process, sampler: str) -> int:
+        """The steps of cold sampler ``sampler``: :meth:`steps`, capped at ``cold_max_steps``."""
+        return min(self.steps(process, sampler), self.cold_max_steps)
 
 
 class Results(ResultsFile):
@@ -305,7 +316,7 @@ def run_conditional(plan: ConditionalPlan, results: Results, quality) -> dict[st
         entry.setdefault("samplers", {})
         for sampler in process.samplers:
             if sampler not in entry["samplers"]:
-                steps = plan.steps(process, sampler)
+                steps = plan.cold_steps(process, sampler)
                 result = evaluate_conditional(
                     pipeline, quality, plan.num_images, 1.0, sampler, steps, plan.seed
                 )
@@ -404,8 +415,8 @@ def markdown_report(results: dict[str, Any]) -> str:
         "Each trained with `--class_conditional` from its `training/configs/cold_<name>.yaml` (the "
         f"coursework CNN 16-32-32-16, batch 128) for the same {settings['cold_minutes']:g} minutes of "
         "training-loop time (steps: the optimisation steps that fitted in them); scored at w = 1 with every "
-        "sampler of its process, then with the best one (lowest FID) at every guidance scale. Cells: "
-        "conditional accuracy / FID.",
+        f"sampler of its process (at most {settings['cold_max_steps']} steps, evenly spaced from T down to "
+        "1), then with the best one (lowest FID) at every guidance scale. Cells: conditional accuracy / FID.",
         "",
         "| degradation | best sampler | "
         + " | ".join(f"w = {scale:g}" for scale in scales)

@@ -565,7 +565,11 @@ CONDITIONAL_QUICK = {"num_images": 20, "num_inference_steps": 2}
 def parse_conditional_args(argv: list[str]) -> argparse.Namespace:
     """Flags of ``--section conditional``; every value is checked before any training."""
     from mnist_diffusion.evaluation.conditional import DEFAULT_GUIDANCE_SCALES, check_guidance_scales
-    from mnist_diffusion.evaluation.conditional_benchmark import COLD_DEGRADATIONS, COLD_MINUTES
+    from mnist_diffusion.evaluation.conditional_benchmark import (
+        COLD_DEGRADATIONS,
+        COLD_MAX_STEPS,
+        COLD_MINUTES,
+    )
     from mnist_diffusion.training.train import NUM_CLASSES
 
     parser = ArgumentParser(
@@ -626,6 +630,12 @@ def parse_conditional_args(argv: list[str]) -> argparse.Namespace:
         help=f"training-loop minutes of every cold run (default {COLD_MINUTES:g}, the quickstart's; --quick "
         "runs stop after 2 steps)",
     )
+    parser.add_argument(
+        "--cold_max_steps",
+        type=int,
+        default=COLD_MAX_STEPS,
+        help=f"a cap on every cold sampler's steps, spaced evenly from T to 1 (default {COLD_MAX_STEPS})",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num_threads", type=int, default=None, help="torch threads for sampling and FID")
     args = parser.parse_args(argv)
@@ -645,6 +655,8 @@ def parse_conditional_args(argv: list[str]) -> argparse.Namespace:
         )
     if not args.cold_minutes > 0:
         raise ValueError(f"--cold_minutes must be positive, got {args.cold_minutes:g}")
+    if args.cold_max_steps < 1:
+        raise ValueError(f"--cold_max_steps must be at least 1, got {args.cold_max_steps}")
     if args.num_threads is not None and args.num_threads < 1:
         raise ValueError(f"--num_threads must be at least 1, got {args.num_threads}")
     if len(set(args.degradations)) != len(args.degradations):
@@ -683,6 +695,7 @@ def conditional_main(argv: list[str], command: str) -> None:
         seed=args.seed,
         degradations=tuple(args.degradations),
         cold_minutes=args.cold_minutes,
+        cold_max_steps=args.cold_max_steps,
         num_inference_steps=args.num_inference_steps,
         train_flags=CONDITIONAL_QUICK_TRAIN_FLAGS if args.quick else (),
         quick=args.quick,

@@ -407,6 +407,7 @@ def test_quick_conditional_benchmark_writes_its_schema_and_resumes(tmp_path):
     settings = results["settings"]
     assert settings["num_images"] == 20 and settings["guidance_scales"] == [0.0, 1.0, 2.0, 3.0, 5.0]
     assert settings["degradations"] == list(COLD_DEGRADATIONS) and len(COLD_DEGRADATIONS) >= 8
+    assert settings["cold_minutes"] == 10 and settings["cold_max_steps"] == 20
     [session] = results["sessions"]
     assert session["command"] == "python scripts/benchmark.py --section conditional --quick"
 
@@ -497,6 +498,7 @@ def test_quick_conditional_benchmark_writes_its_schema_and_resumes(tmp_path):
         ),
         (["--guidance_scales", "1", "-1"], "--guidance_scales: guidance scales must be finite numbers >= 0"),
         (["--cold_minutes", "0"], "--cold_minutes must be positive, got 0"),
+        (["--cold_max_steps", "0"], "--cold_max_steps must be at least 1, got 0"),
         (["--degradations", "blur", "blur"], "--degradations names one degradation twice"),
         (["--degradations", "fog"], "argument --degradations: invalid choice: 'fog'"),
         (["--output", "results.txt"], "--output 'results.txt' must end in .json"),
