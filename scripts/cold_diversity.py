@@ -59,7 +59,8 @@ def parse_args(argv: list[str] | None):
         "--max_inference_steps",
         type=int,
         default=None,
-        help="cap on every sampler's steps (default: each sampler's usual count, T for the cold ones)",
+        help=f"cap on every sampler's steps (default {DEFAULTS.max_inference_steps}: T for every cold "
+        "process but impulse and des)",
     )
     return parser.parse_args(argv)
 
