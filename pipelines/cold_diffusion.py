@@ -176,14 +176,18 @@ class ColdDiffusionPipeline(GrayscaleImagePipeline):
         generator: torch.Generator | None,
         device: torch.device,
         start_noise: float | None = None,
+        class_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The start of a run: a prior sample at ``T``, or ``start_images`` degraded to ``start_timestep``.
 
         The degradation uses the run's random draw (``scheduler.sampling_draw``, made here from
-        ``generator`` after ``set_timesteps``), which the reverse steps then reuse.
+        ``generator`` after ``set_timesteps``), which the reverse steps then reuse. ``class_labels`` (the
+        labels the network is asked for) pick each prior sample's class, where the prior has classes.
         """
         if start_images is None:
-            sample = self.scheduler.prior_sample(batch_size, generator, device, start_noise=start_noise)
+            sample = self.scheduler.prior_sample(
+                batch_size, generator, device, start_noise=start_noise, class_labels=class_labels
+            )
         else:
             clean = self.image_processor.normalize(start_images_tensor(start_images)).to(device)
             draw = self.scheduler.sampling_draw(tuple(clean.shape), generator, device)
@@ -286,7 +290,9 @@ class ColdDiffusionPipeline(GrayscaleImagePipeline):
         timesteps = self.get_timesteps(start_timestep)
         self.start_steps(len(timesteps))
         start = self.scheduler.config.num_train_timesteps if start_timestep is None else start_timestep
-        latents = self.prepare_latents(batch_size, start_images, start, generator, device, start_noise)
+        latents = self.prepare_latents(
+            batch_size, start_images, start, generator, device, start_noise, guidance.labels
+        )
 
         for i, t in enumerate(self.progress_bar(timesteps)):
             if self.interrupt:

@@ -107,6 +107,29 @@ def normal_tensor(
     )
 
 
+def class_mixture(
+    prior: dict[str, torch.Tensor], labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The mixture each start of a batch is drawn from: its label's (``class_*`` of a prior fitted with
+    labels), or the unconditional one for a label without a mixture (the null label of classifier-free
+    guidance, a class the fit did not see).
+
+    Returns:
+        ``(weights, means, cholesky)``: ``(batch, M)`` per-start weights over ``M`` components (the
+        unconditional ones, then every class's), their ``(M, d)`` means and ``(M, d, d)`` Cholesky factors.
+    """
+    pooled, rows = prior["weights"], prior["class_weights"]
+    classes, components = rows.shape
+    index = labels.long().clamp(0, classes - 1)
+    known = (labels >= 0) & (labels < classes) & (rows[index].sum(1) > 0)
+    own = torch.zeros(len(labels), classes, components, dtype=rows.dtype, device=rows.device)
+    own[torch.arange(len(labels)), index] = rows[index] * known.unsqueeze(1)
+    weights = torch.cat([pooled * ~known.unsqueeze(1), own.flatten(1)], dim=1)
+    means = torch.cat([prior["means"], prior["class_means"].flatten(0, 1)])
+    cholesky = torch.cat([prior["cholesky"], prior["class_cholesky"].flatten(0, 1)])
+    return weights, means, cholesky
+
+
 class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
     """Base of the cold-diffusion schedulers: ``D(x_0, t)`` for ``t = 0 .. T`` with ``D(x_0, 0) = x_0``.
 
@@ -147,8 +170,10 @@ class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
     # images (Bansal et al.).
     prediction_target: ClassVar[str] = "the clean image `x0`"
     default_loss: ClassVar[Literal["l1", "l2"]] = "l1"
-    # Prior: a Gaussian mixture fitted on at most this many D(x, T), in at most this many PCA dimensions.
+    # Prior: a Gaussian mixture fitted on at most this many D(x, T), in at most this many PCA dimensions; with
+    # labels, also one of class_prior_components per class.
     prior_components = 20
+    class_prior_components = 5
     prior_max_dim = 32
     prior_fit_images = 10_000
     # What to do when D(x, T) is one image for every x (the end of the fit_prior warning).
@@ -382,7 +407,12 @@ class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
         size = int(round(features.shape[1] ** 0.5))
         return features.reshape(-1, 1, size, size)
 
-    def fit_prior(self, x0_train: torch.Tensor, generator: torch.Generator | None = None) -> None:
+    def fit_prior(
+        self,
+        x0_train: torch.Tensor,
+        generator: torch.Generator | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> None:
         """Fit the Gaussian mixture over ``encode(D(x, T))`` that :meth:`prior_sample` draws starts from.
 
         Features with more than ``prior_max_dim`` dimensions are first projected on their principal axes.
@@ -390,13 +420,21 @@ class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
         is a point and so would be every start: unless ``start_noise`` or ``sample_noise`` is set, a
         ``UserWarning`` says so and what to do (:attr:`collapsed_prior_advice`).
 
+        With ``labels`` (a class-conditional model) each class also gets its own mixture, fitted on its
+        images' ``D(x, T)`` in the same coordinates. A degraded image still shows much of its digit at
+        ``t = T`` (impulse noise, rows, a blur), so a network trained on such inputs learns to restore what
+        the start shows and to ignore its label: asked for a 7, it must start from a 7's ``D(x, T)``.
+
         Args:
             x0_train: training images in ``[-1, 1]``, shape ``(N, 1, H, W)``; ``prior_fit_images`` are used.
             generator: picks the subsample, the stochastic draws and the mixture's initialisation.
+            labels: ``(N,)`` the class of each training image (``0 .. C - 1``), or ``None``.
         """
         from sklearn.mixture import GaussianMixture
         from threadpoolctl import threadpool_limits
 
+        if labels is not None and len(labels) != len(x0_train):
+            raise ValueError(f"{len(labels)} labels given for {len(x0_train)} training images")
         subset = torch.randperm(len(x0_train), generator=generator)[: self.prior_fit_images]
         x0 = x0_train[subset].float().cpu()
         num_train_timesteps = self.config.num_train_timesteps
@@ -424,6 +462,35 @@ class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
             "means": torch.from_numpy(mixture.means_).float(),
             "cholesky": torch.linalg.cholesky(torch.from_numpy(mixture.covariances_)).float(),
         }
+        if labels is not None:
+            with threadpool_limits(1):
+                self.prior |= self._class_mixtures(coordinates, labels[subset].cpu().numpy(), seed)
+
+    def _class_mixtures(
+        self, coordinates: np.ndarray, labels: np.ndarray, seed: int
+    ) -> dict[str, torch.Tensor]:
+        """One mixture of at most ``class_prior_components`` per class; a class with fewer distinct points
+        gets fewer (the rest weigh 0), one without any gets none (all weights 0)."""
+        from sklearn.mixture import GaussianMixture
+
+        classes, components, dim = int(labels.max()) + 1, self.class_prior_components, coordinates.shape[1]
+        weights = np.zeros((classes, components))
+        means = np.zeros((classes, components, dim))
+        covariances = np.tile(np.eye(dim), (classes, components, 1, 1))
+        for digit in range(classes):
+            points = coordinates[labels == digit]
+            count = min(components, len(np.unique(points.round(6), axis=0)))
+            if count == 0:
+                continue
+            mixture = GaussianMixture(count, covariance_type="full", random_state=seed).fit(points)
+            weights[digit, :count] = mixture.weights_
+            means[digit, :count] = mixture.means_
+            covariances[digit, :count] = mixture.covariances_
+        return {
+            "class_weights": torch.from_numpy(weights).float(),
+            "class_means": torch.from_numpy(means).float(),
+            "class_cholesky": torch.linalg.cholesky(torch.from_numpy(covariances)).float(),
+        }
 
     def _warn_if_point(self, variance_per_feature: float) -> None:
         """Warn when the prior's features barely vary and neither start nor sampling noise makes up for it."""
@@ -445,6 +512,7 @@ class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
         generator: Generators = None,
         device: torch.device | str | None = None,
         start_noise: float | None = None,
+        class_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Draw sampling starts ``x_T`` from the fitted prior, plus ``start_noise * N(0, I)``.
 
@@ -456,17 +524,23 @@ class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
             generator: drives the draw; a list holds one generator per image (see :func:`per_image`).
             device: where the starts live.
             start_noise: standard deviation of the added noise; ``None`` uses the config.
+            class_labels: ``(batch_size,)`` the class of each start, for a prior fitted with labels: each
+                start is drawn from its class's components (a label without weights, such as the null label
+                of classifier-free guidance, from all of them). ``None``, or a prior fitted without labels:
+                the unconditional starts.
 
         Raises:
             ValueError: if no prior has been fitted or loaded.
         """
         if not isinstance(generator, list):
-            return self._prior_sample(batch_size, generator, device, start_noise)
+            return self._prior_sample(batch_size, generator, device, start_noise, class_labels)
         draws = []
 
         def one_start(count: int, single: torch.Generator) -> torch.Tensor:
             self._sampling_draw = None
-            start = self._prior_sample(count, single, device, start_noise)
+            index = len(draws)  # one image per call
+            labels = None if class_labels is None else class_labels[index : index + count]
+            start = self._prior_sample(count, single, device, start_noise, labels)
             draws.append(self._sampling_draw)
             return start
 
@@ -482,6 +556,7 @@ class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
         generator: torch.Generator | None,
         device: torch.device | str | None,
         start_noise: float | None,
+        class_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """:meth:`prior_sample` for one generator; a degradation with its own starts overrides it."""
         if not self.prior:
@@ -492,9 +567,14 @@ class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
         # Drawn where the generator lives, so that a CUDA generator gives the same starts on every run.
         source = generator_device(generator)
         prior = {name: value.to(source) for name, value in self.prior.items()}
-        component = torch.multinomial(prior["weights"], batch_size, replacement=True, generator=generator)
-        normal = randn_tensor((batch_size, prior["means"].shape[1], 1), generator=generator, device=source)
-        coordinates = prior["means"][component] + (prior["cholesky"][component] @ normal).squeeze(-1)
+        if class_labels is None or "class_weights" not in prior:
+            means, cholesky = prior["means"], prior["cholesky"]
+            component = torch.multinomial(prior["weights"], batch_size, replacement=True, generator=generator)
+        else:
+            weights, means, cholesky = class_mixture(prior, class_labels.to(source))
+            component = torch.multinomial(weights, 1, generator=generator).squeeze(1)
+        normal = randn_tensor((batch_size, means.shape[1], 1), generator=generator, device=source)
+        coordinates = means[component] + (cholesky[component] @ normal).squeeze(-1)
         starts = self.decode(coordinates @ prior["basis"] + prior["feature_mean"]).clamp(-1, 1)
         return self._add_start_noise(starts, generator, start_noise).to(device or "cpu")
 

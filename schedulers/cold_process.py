@@ -71,9 +71,9 @@ class ColdProcess(ForwardProcess):
 
         return ColdDiffusionPipeline(unet=unet, scheduler=self.scheduler)
 
-    def fit(self, x0_train: torch.Tensor, generator: torch.Generator | None = None) -> None:
-        """Fit the prior over ``D(x, T)`` that unconditional sampling starts from."""
-        self.scheduler.fit_prior(x0_train, generator)
+    def fit(self, x0_train, generator=None, labels=None) -> None:
+        """Fit the prior over ``D(x, T)`` that sampling starts from (with ``labels``, also per class)."""
+        self.scheduler.fit_prior(x0_train, generator, labels)
 
     def describe(self) -> str:
         return (

@@ -138,12 +138,17 @@ class EntropyScaledNoiseScheduler(ColdDiffusionScheduler):
             return (prev_sample, x0_hat)
         return ColdSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0_hat)
 
-    def fit_prior(self, x0_train: torch.Tensor, generator: torch.Generator | None = None) -> None:
+    def fit_prior(
+        self,
+        x0_train: torch.Tensor,
+        generator: torch.Generator | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> None:
         """Store the training set's mean noise scale, the scale of sampling starts."""
         subset = torch.randperm(len(x0_train), generator=generator)[: self.prior_fit_images]
         self.prior = {"noise_scale": self.noise_scale(x0_train[subset].float()).mean().reshape(1)}
 
-    def _prior_sample(self, batch_size, generator, device, start_noise) -> torch.Tensor:
+    def _prior_sample(self, batch_size, generator, device, start_noise, class_labels=None) -> torch.Tensor:
         """Starts ``x_T ~ N(0, (1 - abar_T) s^2)``, ``s`` the mean training noise scale."""
         if "noise_scale" not in self.prior:
             raise ValueError(

@@ -173,8 +173,16 @@ class ForwardProcess(ABC):
             repo_id, self.default_steps(), class_labels=class_labels, guidance_scale=guidance_scale
         )
 
-    def fit(self, x0_train: torch.Tensor, generator: torch.Generator | None = None) -> None:  # noqa: B027
-        """Fit what the process needs from the training data before sampling (nothing by default)."""
+    def fit(  # noqa: B027
+        self,
+        x0_train: torch.Tensor,
+        generator: torch.Generator | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> None:
+        """Fit what the process needs from the training data before sampling (nothing by default).
+
+        ``labels`` (the class of each training image) are given for a class-conditional model.
+        """
 
     # ----- optional parts of the objective: min-SNR weights, noise the objective pairs with images --------
 

@@ -95,21 +95,26 @@ class MaskScheduler(ColdDiffusionScheduler):
         fraction = (t.float() / self.config.num_train_timesteps).to(x0.device).view(-1, 1, 1, 1)
         return torch.where(priority < fraction, fill, x0)
 
-    def fit_prior(self, x0_train: torch.Tensor, generator: torch.Generator | None = None) -> None:
+    def fit_prior(
+        self,
+        x0_train: torch.Tensor,
+        generator: torch.Generator | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> None:
         """The prior over ``D(x, T)`` for ``fill="zero"`` (a point, so it warns); none for ``noise``."""
         if self.config.fill == "zero":
-            super().fit_prior(x0_train, generator)
+            super().fit_prior(x0_train, generator, labels)
         else:
             self.prior = {}
 
-    def _prior_sample(self, batch_size, generator, device, start_noise) -> torch.Tensor:
+    def _prior_sample(self, batch_size, generator, device, start_noise, class_labels=None) -> torch.Tensor:
         """Starts ``x_T``: from the fitted prior (``fill="zero"``), or the run's noise image (``"noise"``).
 
         With ``fill="noise"`` the start is ``D(x, T)`` of a fresh draw, which becomes the run's draw (as a
         morph start does), so the reverse steps unmask over that same noise image; plus ``start_noise``.
         """
         if self.config.fill == "zero":
-            return super()._prior_sample(batch_size, generator, device, start_noise)
+            return super()._prior_sample(batch_size, generator, device, start_noise, class_labels)
         size = self.config.sample_size
         shape = (batch_size, 1, size, size)
         self._sampling_draw = self.draw(shape, generator, device)

@@ -91,14 +91,19 @@ class MorphScheduler(ColdDiffusionScheduler):
         alpha = self.alpha(t).to(x0.device, x0.dtype).view(-1, 1, 1, 1)
         return alpha.sqrt() * x0 + (1 - alpha).sqrt() * draw.to(x0.dtype)
 
-    def fit_prior(self, x0_train: torch.Tensor, generator: torch.Generator | None = None) -> None:
+    def fit_prior(
+        self,
+        x0_train: torch.Tensor,
+        generator: torch.Generator | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> None:
         """Keep ``bank_size`` random target images (not the training images) as the start bank."""
         targets = self.dataset_targets()
         chosen = torch.randperm(len(targets), generator=generator, device=generator_device(generator))
         chosen = chosen[: self.config.bank_size].cpu()
         self.prior = {"targets": targets[chosen].clone()}
 
-    def _prior_sample(self, batch_size, generator, device, start_noise) -> torch.Tensor:
+    def _prior_sample(self, batch_size, generator, device, start_noise, class_labels=None) -> torch.Tensor:
         """Starts ``x_T = z``, the mean of ``start_mix`` bank images plus noise; ``z`` is the run's draw."""
         if "targets" not in self.prior:
             raise ValueError("MorphScheduler has no target bank; call fit_prior(train_images) before saving")

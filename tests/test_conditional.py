@@ -168,6 +168,99 @@ def test_cold_restoration_from_start_images_takes_one_label_per_image():
         pipeline(start_images=digits, class_labels=[0, 1])
 
 
+def halves(count: int, digit: int, seed: int) -> torch.Tensor:
+    """``count`` images of a two-"digit" world: the left (0) or right (1) half lit, plus a little noise."""
+    images = torch.full((count, 1, 28, 28), -1.0)
+    images[..., 14 * digit : 14 * digit + 14] = 1.0
+    return images + 0.1 * torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
+
+
+def left_minus_right(images: torch.Tensor) -> torch.Tensor:
+    return images[..., :14].mean((1, 2, 3)) - images[..., 14:].mean((1, 2, 3))
+
+
+def fitted_blur(labels: bool):
+    scheduler = FORWARD_PROCESSES["blur"](num_train_timesteps=4)
+    images = torch.cat([halves(60, 0, seed=0), halves(60, 1, seed=1)])
+    digits = torch.tensor([0] * 60 + [1] * 60)
+    scheduler.fit_prior(images, torch.Generator().manual_seed(0), digits if labels else None)
+    return scheduler
+
+
+def test_a_class_conditional_prior_draws_each_start_from_its_digits_components(tmp_path):
+    scheduler = fitted_blur(labels=True)
+    weights = scheduler.prior["class_weights"]
+    assert weights.shape == (2, scheduler.class_prior_components)
+    torch.testing.assert_close(weights.sum(1), torch.ones(2))
+    asked = torch.tensor([0] * 50 + [1] * 50)
+    starts = scheduler.prior_sample(100, torch.Generator().manual_seed(1), class_labels=asked)
+    side = left_minus_right(starts)
+    assert (side[:50] > 0.5).all() and (side[50:] < -0.5).all()  # a blurred left half, then a right half
+    # Unconditional starts, and those of the null label (classifier-free guidance's), come from both digits.
+    for labels in (None, torch.full((100,), NULL)):
+        side = left_minus_right(
+            scheduler.prior_sample(100, torch.Generator().manual_seed(1), class_labels=labels)
+        )
+        assert 20 < (side > 0).sum() < 80
+    # One generator per image: each start is the one drawn alone with its own generator and label.
+    generators = [torch.Generator().manual_seed(seed) for seed in (5, 6)]
+    both = scheduler.prior_sample(2, generators, class_labels=torch.tensor([1, 0]))
+    for index, (seed, digit) in enumerate([(5, 1), (6, 0)]):
+        alone = scheduler.prior_sample(
+            1, torch.Generator().manual_seed(seed), class_labels=torch.tensor([digit])
+        )
+        torch.testing.assert_close(both[index : index + 1], alone)
+    # The class mixtures are saved with the prior.
+    scheduler.save_pretrained(tmp_path)
+    loaded = type(scheduler).from_pretrained(tmp_path)
+    for name in ("class_weights", "class_means", "class_cholesky"):
+        torch.testing.assert_close(loaded.prior[name], scheduler.prior[name])
+
+
+def test_the_labels_leave_the_unconditional_prior_and_its_starts_as_they_were():
+    with_labels, without = fitted_blur(labels=True), fitted_blur(labels=False)
+    assert set(with_labels.prior) - set(without.prior) == {"class_weights", "class_means", "class_cholesky"}
+    for name, value in without.prior.items():
+        torch.testing.assert_close(with_labels.prior[name], value)
+    # A prior fitted without labels ignores them: the starts are the unconditional ones.
+    starts = [
+        scheduler.prior_sample(8, torch.Generator().manual_seed(3), class_labels=labels)
+        for scheduler, labels in (
+            (with_labels, None),
+            (without, None),
+            (without, torch.zeros(8, dtype=torch.long)),
+        )
+    ]
+    torch.testing.assert_close(starts[0], starts[1])
+    torch.testing.assert_close(starts[2], starts[1])
+    with pytest.raises(ValueError, match="3 labels given for 120 training images"):
+        FORWARD_PROCESSES["blur"](num_train_timesteps=4).fit_prior(
+            torch.cat([halves(60, 0, 0), halves(60, 1, 1)]), labels=torch.zeros(3)
+        )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"class_labels": [1, 0], "guidance_scale": 2.0}, [1, 0]),
+        ({}, [NULL, NULL]),
+        ({"guidance_scale": 0.0, "class_labels": 1}, [NULL, NULL]),
+    ],
+)
+def test_a_cold_pipeline_starts_from_the_prior_of_the_digits_asked_for(kwargs, expected, monkeypatch):
+    pipeline = tiny_pipeline("blur")
+    asked = []
+    prior_sample = type(pipeline.scheduler).prior_sample
+
+    def recording(self, *args, class_labels=None, **options):
+        asked.append(class_labels.tolist())
+        return prior_sample(self, *args, class_labels=class_labels, **options)
+
+    monkeypatch.setattr(type(pipeline.scheduler), "prior_sample", recording)
+    sample(pipeline, **kwargs)
+    assert asked == [expected]
+
+
 def test_unconditional_pipelines_call_the_network_as_before():
     pipeline = tiny_pipeline("gaussian", conditional=False)
     assert type(pipeline) is DDPMPipeline
@@ -418,6 +511,8 @@ def test_the_trainer_conditions_every_process_on_labels_with_dropout(
     assert 0.3 < (labels == NULL).float().mean().item() < 0.7 and set(labels.tolist()) <= set(range(11))
     monkeypatch.undo()
     check_trained_folder(output, name, 0.5)
+    if name == "blur":  # its starts come from a prior fitted per digit too
+        assert load_pipeline(output).scheduler.prior["class_weights"].shape[0] == 10
 
 
 def test_a_resumed_conditional_run_drops_the_same_labels(synthetic_mnist, tmp_path):

@@ -706,12 +706,15 @@ class Trainer:
                 f"{args.train_batch_size} x {accelerator.num_processes} processes"
             )
         if accelerator.is_main_process:
-            # What sampling needs from the data (a cold process's start distribution) depends only on the
-            # data and the process: fitted first, the sample grids of every epoch can already generate.
+            # What sampling needs from the data (a cold process's start distribution, per class for a
+            # conditional model) depends only on the data and the process: fitted first, the sample grids of
+            # every epoch can already generate.
             logger.info("Fitting the %s process to the training images ...", self.process.name)
             began = time.perf_counter()
             self.process.fit(
-                to_model_range(self.train_images), generator=torch.Generator().manual_seed(args.seed)
+                to_model_range(self.train_images),
+                generator=torch.Generator().manual_seed(args.seed),
+                labels=self.train_labels,
             )
             logger.info("Fitted the %s process in %.1f s", self.process.name, time.perf_counter() - began)
 
