@@ -273,14 +273,18 @@ def write_assets(runs_dir: Path, output: Path) -> None:
     write_text(output / "numbers.tex", macros)
 
 
+# Debian packages that typeset report.tex; lmodern is only recommended by the fonts, so it is named.
+TEX_PACKAGES = ("texlive-latex-recommended", "texlive-fonts-recommended", "lmodern")
+
+
 def build_pdf(report_dir: Path, pdf: Path) -> None:
     """Typeset ``report_dir/report.tex`` into ``pdf`` (pdflatex, twice, for the cross-references).
 
     Raises:
-        ValueError: if pdflatex is missing or fails (its log is named).
+        ValueError: if pdflatex is missing or fails (its first error line and its log are named).
     """
     if shutil.which("pdflatex") is None:
-        raise ValueError("pdflatex is not installed; install Debian's texlive-latex-recommended")
+        raise ValueError(f"pdflatex is not installed; install Debian's {' '.join(TEX_PACKAGES)}")
     build = report_dir / "build"
     command = [
         "pdflatex",
@@ -292,7 +296,12 @@ def build_pdf(report_dir: Path, pdf: Path) -> None:
     for _ in range(2):
         result = subprocess.run(command, cwd=report_dir, capture_output=True, text=True, check=False)
         if result.returncode != 0:
-            raise ValueError(f"pdflatex failed on {report_dir / 'report.tex'}; see {build / 'report.log'}")
+            # TeX errors are the lines starting with "!" (a missing package: "File `x.sty' not found").
+            errors = [line for line in result.stdout.splitlines() if line.startswith("!")]
+            reason = errors[0].lstrip("! ") if errors else "no error line"
+            raise ValueError(
+                f"pdflatex failed on {report_dir / 'report.tex'} ({reason}); see {build / 'report.log'}"
+            )
     pdf.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(pdf) as temporary:
         shutil.copyfile(build / "report.pdf", temporary)

@@ -62,3 +62,14 @@ def test_report_rebuilds_from_its_sources(tmp_path):
 def test_missing_runs_is_a_one_line_error(tmp_path):
     with pytest.raises(ValueError, match="run `make experiments` first"):
         report_assets.main(["--report_dir", str(tmp_path)])
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex missing (.ci/run installs TeX Live)")
+def test_a_failed_typesetting_names_the_tex_error(tmp_path):
+    copy = tmp_path / "report"
+    shutil.copytree(REPORT, copy, ignore=shutil.ignore_patterns("build", "report.pdf"))
+    tex = copy / "report.tex"
+    tex.write_text(tex.read_text().replace(r"\usepackage{amsmath}", r"\usepackage{no_such_package}", 1))
+    with pytest.raises(ValueError, match=r"File `no_such_package\.sty' not found.*report\.log"):
+        report_assets.main(["--report_dir", str(copy)])
+    assert not (copy / "report.pdf").exists()
