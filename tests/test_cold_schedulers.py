@@ -121,6 +121,29 @@ def test_each_sampling_method_is_its_update(name):
         torch.testing.assert_close(improved, sample - scheduler.degrade(x0, t, draw=draw) + previous)
 
 
+def test_des_improved_sampling_is_ddim_and_naive_is_ancestral():
+    # With the true noise, DDIM stays on the noise draw of x_T: every step lands on D(x0, s', eps), whatever
+    # the generator; the ancestral sampler draws fresh posterior noise, so two generators part ways.
+    scheduler, x0 = make("des"), images()
+    eps = scheduler.draw(tuple(x0.shape), torch.Generator().manual_seed(0))
+    predict = true_noise_model(scheduler, x0)
+    scheduler.set_timesteps(5)
+    ends = {}
+    for sampling in ("improved", "naive"):
+        for seed in (1, 2):
+            sample = scheduler.degrade(x0, scheduler.config.num_train_timesteps, draw=eps)
+            generator = torch.Generator().manual_seed(seed)
+            for t in scheduler.timesteps[:-1]:
+                step = scheduler.step(predict(sample, t), t, sample, generator, sampling=sampling)
+                sample = step.prev_sample
+                if sampling == "improved":
+                    expected = scheduler.degrade(x0, scheduler.previous_timestep(t), draw=eps)
+                    torch.testing.assert_close(sample, expected, atol=1e-4, rtol=0)
+            ends[sampling, seed] = sample
+    assert torch.equal(ends["improved", 1], ends["improved", 2])
+    assert not torch.allclose(ends["naive", 1], ends["naive", 2])
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_config_and_prior_round_trip(name, tmp_path):
     scheduler = make(name)
