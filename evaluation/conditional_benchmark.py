@@ -203,11 +203,19 @@ class Results(ResultsFile):
 
     def entry(self, section: str, name: str, folder: Path) -> dict[str, Any]:
         """The entry of run ``name`` of ``section`` (``quickstart`` or ``cold``), for the pipeline trained in
-        ``folder``: its scores are dropped when the pipeline is not the one they were measured on."""
+        ``folder``: when the pipeline is not the one its scores were measured on, they move to its ``earlier``
+        runs (shown, not mixed)."""
         record = training_record(folder)
         entry = self.data[section].get(name)
         if entry is None or entry.get("train_steps") != record.get("train_steps"):
-            entry = {}  # new, or trained again since: its scores are another pipeline's
+            # New, or trained again since (its scores are another pipeline's): trained in this session, whose
+            # machine sets how many steps the minutes of budget held. A run scored before is kept as earlier.
+            earlier = (entry or {}).pop("earlier", [])
+            if entry and (entry.get("curve") or "fid" in entry):
+                earlier.append(entry)
+            entry = {"machine": machine_label(self.data["sessions"][-1]["machine"])}
+            if earlier:
+                entry["earlier"] = earlier
         entry |= {"folder": str(folder), **record}
         self.data[section][name] = entry
         return entry
@@ -220,6 +228,11 @@ class Results(ResultsFile):
             return "fid" in entry
         scored = {row["guidance_scale"] for row in entry.get("curve", [])}
         return set(self.data["settings"]["guidance_scales"]) <= scored
+
+
+def machine_label(machine: dict[str, Any]) -> str:
+    """The CPU and its usable cores, as the tables name the machine a run was trained on."""
+    return f"{machine['cpu']}, {machine['usable_cpus']} CPUs"
 
 
 def quickstart_network_flags() -> list[str]:
@@ -392,7 +405,8 @@ def markdown_report(results: dict[str, Any]) -> str:
         lines += [
             "",
             f"Machine (last session): {machine['cpu']}, {machine['usable_cpus']} usable CPUs, torch "
-            f"{machine['torch']}, diffusers {machine['diffusers']}.",
+            f"{machine['torch']}, diffusers {machine['diffusers']}. A budget is minutes of the machine each "
+            "run was trained on (the `machine` column): a faster CPU fits more steps in them.",
         ]
     quickstart = results["quickstart"]
     plain, conditional = quickstart.get("unconditional", {}), quickstart.get("conditional", {})
@@ -406,13 +420,17 @@ def markdown_report(results: dict[str, Any]) -> str:
         f"{conditional.get('num_inference_steps', plain.get('num_inference_steps', ''))}).",
         "",
         "| model | guidance scale | conditional accuracy | FID | FID floor | class entropy | steps "
-        "| minutes |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| minutes | machine |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
 
     def trained(entry: dict[str, Any]) -> str:
         minutes = entry.get("train_minutes")
-        return f"{entry.get('train_steps', '?')} | " + (f"{minutes:.1f}" if minutes is not None else "?")
+        return (
+            f"{entry.get('train_steps', '?')} | "
+            + (f"{minutes:.1f}" if minutes is not None else "?")
+            + f" | {entry.get('machine', '?')}"
+        )
 
     if "fid" in plain:
         lines.append(
@@ -445,20 +463,22 @@ def markdown_report(results: dict[str, Any]) -> str:
         "",
         "| degradation | best sampler | "
         + " | ".join(f"w = {scale:g}" for scale in scales)
-        + " | FID floor | steps |",
-        "| --- | --- | " + " | ".join("---:" for _ in scales) + " | ---: | ---: |",
+        + " | FID floor | steps | machine |",
+        "| --- | --- | " + " | ".join("---:" for _ in scales) + " | ---: | ---: | --- |",
     ]
     for name, entry in cold.items():
-        best = entry.get("best_sampler")
-        if best is None:
-            continue
-        rows = {row["guidance_scale"]: row for row in entry.get("curve", [])}
-        sampler = entry["samplers"][best]
-        cells = " | ".join(_cell(rows.get(scale)) for scale in scales)
-        lines.append(
-            f"| {name} | {sampler['label']}, {sampler['num_inference_steps']} steps | {cells} | "
-            f"{sampler['fid_floor']:.2f} | {entry.get('train_steps', '?')} |"
-        )
+        earlier = [(run, f"{name} (earlier run)") for run in entry.get("earlier", [])]
+        for run, label in [(entry, name), *earlier]:
+            best = run.get("best_sampler")
+            if best is None:
+                continue
+            rows = {row["guidance_scale"]: row for row in run.get("curve", [])}
+            sampler = run["samplers"][best]
+            cells = " | ".join(_cell(rows.get(scale)) for scale in scales)
+            lines.append(
+                f"| {label} | {sampler['label']}, {sampler['num_inference_steps']} steps | {cells} | "
+                f"{sampler['fid_floor']:.2f} | {run.get('train_steps', '?')} | {run.get('machine', '?')} |"
+            )
     lines += ["", "Every sampler at w = 1 (conditional accuracy / FID):", ""]
     for name, entry in cold.items():
         samplers = ", ".join(

@@ -6,6 +6,7 @@ digit picker is tested in ``tests/test_demo.py``, the model card's section in ``
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import shutil
@@ -17,6 +18,7 @@ import torch
 import yaml
 from PIL import Image
 
+from mnist_diffusion.evaluation import conditional_benchmark
 from mnist_diffusion.evaluation.conditional import (
     DEFAULT_GUIDANCE_SCALES,
     check_guidance_scales,
@@ -414,6 +416,9 @@ def test_quick_conditional_benchmark_writes_its_schema_and_resumes(tmp_path):
     # (a) The quickstart recipe, unconditional and conditional, at the same budget.
     plain, conditional = results["quickstart"]["unconditional"], results["quickstart"]["conditional"]
     assert plain["train_steps"] == conditional["train_steps"] == 2
+    # Each run names the machine whose minutes it was trained in: sessions of a resumed study may differ.
+    machine = f"{session['machine']['cpu']}, {session['machine']['usable_cpus']} CPUs"
+    assert plain["machine"] == conditional["machine"] == machine
     shipped_sampler = yaml.safe_load(QUICKSTART_CONFIG.read_text())["sampler"]
     assert plain["sampler"] == conditional["sampler"] == shipped_sampler == "flow_euler"
     assert plain["fid"] > 0 and plain["fid_floor"] >= 0 and "conditional_accuracy" not in plain
@@ -428,7 +433,7 @@ def test_quick_conditional_benchmark_writes_its_schema_and_resumes(tmp_path):
     # (b) Every cold degradation, conditional, at one budget: every sampler at w = 1, the best one's curve.
     assert list(results["cold"]) == list(COLD_DEGRADATIONS)
     for name, entry in results["cold"].items():
-        assert entry["train_steps"] == 2, name
+        assert entry["train_steps"] == 2 and entry["machine"] == machine, name
         config = json.loads((work / f"cold_{name}" / "unet" / "config.json").read_text())
         # The quickstart's network: only the forward process differs from the quickstart rows.
         assert config["num_class_embeds"] == 11 and config["_class_name"] == "UNet2DModel"
@@ -441,9 +446,12 @@ def test_quick_conditional_benchmark_writes_its_schema_and_resumes(tmp_path):
         assert curve[1] == samplers[entry["best_sampler"]]  # w = 1 was scored once, with the samplers
     markdown = (work / "conditional.md").read_text()
     assert "| unconditional | - | - |" in markdown and markdown.count("| class-conditional |") == 5
-    header = "| degradation | best sampler | w = 0 | w = 1 | w = 2 | w = 3 | w = 5 | FID floor | steps |"
+    header = (
+        "| degradation | best sampler | w = 0 | w = 1 | w = 2 | w = 3 | w = 5 | FID floor | steps | machine |"
+    )
     assert header in markdown
     assert all(f"| {name} | " in markdown for name in COLD_DEGRADATIONS)
+    assert markdown.count(f"| 2 | {machine} |") == len(COLD_DEGRADATIONS)
 
     # A second run finds every score there: no run is trained or even opened again.
     again = run_python(script, *CONDITIONAL, cwd=tmp_path)
@@ -488,6 +496,35 @@ def test_quick_conditional_benchmark_writes_its_schema_and_resumes(tmp_path):
         "2.0, 3.0, 5.0] -> [0.0, 1.0]); pass the same settings to finish it, or another --output to start a "
         "new one"
     ]
+
+
+def test_a_run_trained_again_keeps_its_earlier_scores_apart(tmp_path):
+    folder = tmp_path / "cold_impulse"
+    (folder / "logs").mkdir(parents=True)
+    (folder / "logs" / "metrics.jsonl").write_text('{"step": 7, "train_seconds": 60}\n')
+    row = {"label": "Naive (Algorithm 1)", "num_inference_steps": 20, "guidance_scale": 1.0}
+    row |= {"conditional_accuracy": 0.5, "fid": 9.0, "fid_floor": 0.7}
+    scored = {"train_steps": 5, "machine": "Old CPU, 2 CPUs", "best_sampler": "naive"}
+    scored |= {"samplers": {"naive": row}, "curve": [row]}
+    settings = {"num_images": 10, "guidance_scales": [1.0], "cold_minutes": 10, "cold_max_steps": 20}
+    data = {"quick": False, "settings": settings, "quickstart": {}}
+    data["cold"] = {"impulse": copy.deepcopy(scored)}
+    machine = {"cpu": "New CPU", "usable_cpus": 2, "torch": "2", "diffusers": "0"}
+    data["sessions"] = [{"command": "benchmark", "machine": machine}]
+    results = conditional_benchmark.Results(tmp_path / "conditional.json", data)
+
+    entry = results.entry("cold", "impulse", folder)
+    assert entry == {"machine": "New CPU, 2 CPUs", "earlier": [scored], "folder": str(folder)} | {
+        "train_steps": 7,
+        "train_minutes": 1.0,
+    }
+    assert results.entry("cold", "impulse", folder)["earlier"] == [scored]  # the same run: nothing moves
+    better = row | {"fid": 4.0}
+    entry |= {"best_sampler": "naive", "samplers": {"naive": better}, "curve": [better]}
+    lines = conditional_benchmark.markdown_report(results.data).splitlines()
+    sampler = "Naive (Algorithm 1), 20 steps"
+    assert f"| impulse | {sampler} | 0.500 / 4.00 | 0.70 | 7 | New CPU, 2 CPUs |" in lines
+    assert f"| impulse (earlier run) | {sampler} | 0.500 / 9.00 | 0.70 | 5 | Old CPU, 2 CPUs |" in lines
 
 
 @pytest.mark.parametrize(
