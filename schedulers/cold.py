@@ -107,6 +107,10 @@ def normal_tensor(
     )
 
 
+# Marks a prior fitted on clean images (see ColdDiffusionScheduler.prior_of_clean_images).
+CLEAN_PRIOR_KEY = "of_clean_images"
+
+
 def class_mixture(
     prior: dict[str, torch.Tensor], labels: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -176,6 +180,10 @@ class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
     class_prior_components = 5
     prior_max_dim = 32
     prior_fit_images = 10_000
+    # Fit the mixture on clean images and start from D(x0, T) of a drawn x0 with the run's draw, instead of on
+    # D(x, T): for a D(x, T) that a mixture cannot draw (salt-and-pepper pixels), so starts look like what the
+    # network saw at T in training. Saved in the prior (CLEAN_PRIOR_KEY), so older folders keep their starts.
+    prior_of_clean_images: ClassVar[bool] = False
     # What to do when D(x, T) is one image for every x (the end of the fit_prior warning).
     collapsed_prior_advice: ClassVar[str] = (
         "give the starts and the sampling steps noise (start_noise or sample_noise > 0, with train_noise > 0 "
@@ -413,7 +421,8 @@ class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
         generator: torch.Generator | None = None,
         labels: torch.Tensor | None = None,
     ) -> None:
-        """Fit the Gaussian mixture over ``encode(D(x, T))`` that :meth:`prior_sample` draws starts from.
+        """Fit the Gaussian mixture over ``encode(D(x, T))`` that :meth:`prior_sample` draws starts from (over
+        ``encode(x)`` with :attr:`prior_of_clean_images`, whose starts are then degraded to ``T``).
 
         Features with more than ``prior_max_dim`` dimensions are first projected on their principal axes.
         When ``D(x, T)`` is (nearly) the same image for every ``x`` (a mask that covers everything), the prior
@@ -438,7 +447,8 @@ class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
         subset = torch.randperm(len(x0_train), generator=generator)[: self.prior_fit_images]
         x0 = x0_train[subset].float().cpu()
         num_train_timesteps = self.config.num_train_timesteps
-        features = self.encode(self.degrade(x0, num_train_timesteps, generator)).double()
+        fitted = x0 if self.prior_of_clean_images else self.degrade(x0, num_train_timesteps, generator)
+        features = self.encode(fitted).double()
         mean = features.mean(0)
         centred = features - mean
         self._warn_if_point(centred.pow(2).mean().item())
@@ -462,6 +472,8 @@ class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
             "means": torch.from_numpy(mixture.means_).float(),
             "cholesky": torch.linalg.cholesky(torch.from_numpy(mixture.covariances_)).float(),
         }
+        if self.prior_of_clean_images:
+            self.prior[CLEAN_PRIOR_KEY] = torch.ones(1)
         if labels is not None:
             with threadpool_limits(1):
                 self.prior |= self._class_mixtures(coordinates, labels[subset].cpu().numpy(), seed)
@@ -576,6 +588,11 @@ class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
         normal = randn_tensor((batch_size, means.shape[1], 1), generator=generator, device=source)
         coordinates = means[component] + (cholesky[component] @ normal).squeeze(-1)
         starts = self.decode(coordinates @ prior["basis"] + prior["feature_mean"]).clamp(-1, 1)
+        if CLEAN_PRIOR_KEY in prior:
+            # Drawn clean images degraded to T with the run's draw, which the sampling steps then reuse.
+            self._sampling_draw = None
+            draw = self.sampling_draw(tuple(starts.shape), generator, source)
+            starts = self.degrade(starts, self.config.num_train_timesteps, draw=draw)
         return self._add_start_noise(starts, generator, start_noise).to(device or "cpu")
 
     def _add_start_noise(

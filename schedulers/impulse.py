@@ -28,6 +28,8 @@ class ImpulseNoiseScheduler(ColdDiffusionScheduler):
     """
 
     degradation_name = "impulse"
+    # A Gaussian mixture cannot draw salt-and-pepper pixels: starts are drawn clean digits, corrupted.
+    prior_of_clean_images = True
 
     @register_to_config
     def __init__(

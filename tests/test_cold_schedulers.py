@@ -12,6 +12,7 @@ from mnist_diffusion.schedulers import (
     MorphScheduler,
 )
 from mnist_diffusion.schedulers.averaging import line_order
+from mnist_diffusion.schedulers.cold import CLEAN_PRIOR_KEY
 from tests.conftest import COLD_DEGRADATIONS
 
 # Small settings keep every test fast; morph gets synthetic targets instead of Fashion-MNIST.
@@ -142,6 +143,33 @@ def test_des_improved_sampling_is_ddim_and_naive_is_ancestral():
             ends[sampling, seed] = sample
     assert torch.equal(ends["improved", 1], ends["improved", 2])
     assert not torch.allclose(ends["naive", 1], ends["naive", 2])
+
+
+def test_impulse_starts_are_drawn_digits_corrupted_with_the_runs_draw(tmp_path):
+    scheduler, train = make("impulse"), images(200)
+    scheduler.fit_prior(train, torch.Generator().manual_seed(0))
+    assert scheduler.prior_of_clean_images and CLEAN_PRIOR_KEY in scheduler.prior
+    scheduler.set_timesteps(3)
+    starts = scheduler.prior_sample(64, torch.Generator().manual_seed(1))
+    draw = scheduler.sampling_draw(tuple(starts.shape))  # the run's draw, made with the starts
+    corrupted = draw[:, 0] < scheduler.density(torch.tensor(scheduler.config.num_train_timesteps))
+    salt = torch.where(draw[:, 1] < 0.5, 1.0, -1.0)
+    torch.testing.assert_close(starts[corrupted], salt[corrupted])  # salt and pepper exactly where it falls
+    fraction = corrupted.float().mean()
+    assert 0.2 < fraction < 0.3 and starts[~corrupted].abs().lt(1).float().mean() > 0.2  # a digit between
+    # So Algorithm 2's first step, given back the start's own clean image, removes exactly its noise.
+    clean = starts.clone()
+    clean[corrupted] = 0.0
+    t = scheduler.timesteps[0]
+    stepped = scheduler.step(clean, t, starts, sampling="improved").prev_sample
+    torch.testing.assert_close(stepped, scheduler.degrade(clean, scheduler.previous_timestep(t), draw=draw))
+    # A folder saved before: its prior of D(x, T) keeps its starts as they were, not corrupted twice.
+    scheduler.save_pretrained(tmp_path)
+    loaded = type(scheduler).from_pretrained(tmp_path)
+    torch.testing.assert_close(loaded.prior_sample(64, torch.Generator().manual_seed(1)), starts)
+    del loaded.prior[CLEAN_PRIOR_KEY]
+    old = loaded.prior_sample(64, torch.Generator().manual_seed(1))
+    assert (old[corrupted & (salt > 0)] < 1).float().mean() > 0.9  # hardly any salt
 
 
 @pytest.mark.parametrize("name", NAMES)
