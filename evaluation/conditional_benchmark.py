@@ -459,7 +459,13 @@ def markdown_report(results: dict[str, Any]) -> str:
         "steps that fitted in them), so that only the forward process differs from the quickstart rows; "
         "starts come from each digit's own prior where the degradation fits one; scored at w = 1 with every "
         f"sampler of its process (at most {settings['cold_max_steps']} steps, evenly spaced from T down to "
-        "1), then with the best one (lowest FID) at every guidance scale. Cells: conditional accuracy / FID.",
+        "1), then with the best one (lowest FID) at every guidance scale. Cells: conditional accuracy / FID."
+        + (
+            " An earlier run is a run of that degradation trained again since (on another machine, or with "
+            "another version of the code: see the git log of this file), kept for comparison."
+            if any(entry.get("earlier") for entry in cold.values())
+            else ""
+        ),
         "",
         "| degradation | best sampler | "
         + " | ".join(f"w = {scale:g}" for scale in scales)

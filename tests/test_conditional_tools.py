@@ -525,6 +525,7 @@ def test_a_run_trained_again_keeps_its_earlier_scores_apart(tmp_path):
     sampler = "Naive (Algorithm 1), 20 steps"
     assert f"| impulse | {sampler} | 0.500 / 4.00 | 0.70 | 7 | New CPU, 2 CPUs |" in lines
     assert f"| impulse (earlier run) | {sampler} | 0.500 / 9.00 | 0.70 | 5 | Old CPU, 2 CPUs |" in lines
+    assert any("An earlier run is a run of that degradation trained again since" in line for line in lines)
 
 
 @pytest.mark.parametrize(
