@@ -588,12 +588,14 @@ class ColdDiffusionScheduler(SchedulerMixin, ConfigMixin):
         normal = randn_tensor((batch_size, means.shape[1], 1), generator=generator, device=source)
         coordinates = means[component] + (cholesky[component] @ normal).squeeze(-1)
         starts = self.decode(coordinates @ prior["basis"] + prior["feature_mean"]).clamp(-1, 1)
+        starts = starts.to(device or "cpu")
         if CLEAN_PRIOR_KEY in prior:
-            # Drawn clean images degraded to T with the run's draw, which the sampling steps then reuse.
+            # Drawn clean images degraded to T with the run's draw, which the sampling steps then reuse: made
+            # where the samples live, as the steps make theirs.
             self._sampling_draw = None
-            draw = self.sampling_draw(tuple(starts.shape), generator, source)
+            draw = self.sampling_draw(tuple(starts.shape), generator, starts.device)
             starts = self.degrade(starts, self.config.num_train_timesteps, draw=draw)
-        return self._add_start_noise(starts, generator, start_noise).to(device or "cpu")
+        return self._add_start_noise(starts, generator, start_noise)
 
     def _add_start_noise(
         self, starts: torch.Tensor, generator: torch.Generator | None, start_noise: float | None
