@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import ClassVar, Literal, get_args
 
 import torch
 from diffusers.configuration_utils import register_to_config
 from diffusers.utils.torch_utils import randn_tensor
 
 from .cold import ColdDiffusionScheduler, ColdSchedulerOutput, Sampling, check_choice, generator_device
-from .noise_schedules import NoiseSchedule, make_betas
+from .noise_schedules import NoiseSchedule, PredictionType, make_betas
 
 EntropyScope = Literal["image", "batch"]
 ENTROPY_SCOPES: tuple[str, ...] = get_args(EntropyScope)
@@ -49,6 +49,8 @@ class EntropyScaledNoiseScheduler(ColdDiffusionScheduler):
         beta_start: first beta of interpolated schedules.
         beta_end: last beta of interpolated schedules.
         entropy_scope: ``image`` (one entropy per image) or ``batch`` (one for the batch).
+        prediction_type: what the network predicts: the scaled noise ``epsilon``, the clean image ``sample``
+            or the velocity ``v_prediction``.
         sample_size: image height and width of sampling starts.
         sampling: ``improved`` (DDIM's deterministic step), ``naive`` (the ancestral sampler) or ``direct``
             (``x0_hat``).
@@ -58,9 +60,13 @@ class EntropyScaledNoiseScheduler(ColdDiffusionScheduler):
     """
 
     degradation_name = "des"
-    # The model predicts scaled Gaussian noise, as a Gaussian DDPM predicts its noise.
-    prediction_target = "the entropy-scaled noise `s(x0) eps`"
     default_loss = "l2"
+    # What each prediction_type is, in words (model cards).
+    prediction_targets: ClassVar[dict[str, str]] = {
+        "epsilon": "the entropy-scaled noise `s(x0) eps`",
+        "sample": "the clean image `x0`",
+        "v_prediction": "the velocity `sqrt(abar_t) s(x0) eps - sqrt(1 - abar_t) x0`",
+    }
 
     @register_to_config
     def __init__(
@@ -70,6 +76,7 @@ class EntropyScaledNoiseScheduler(ColdDiffusionScheduler):
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
         entropy_scope: EntropyScope = "image",
+        prediction_type: PredictionType = "epsilon",
         sample_size: int = 28,
         sampling: Sampling = "improved",
         start_noise: float = 0.0,
@@ -77,9 +84,14 @@ class EntropyScaledNoiseScheduler(ColdDiffusionScheduler):
         sample_noise: float = 0.0,
     ):
         check_choice("entropy_scope", entropy_scope, ENTROPY_SCOPES)
+        check_choice("prediction_type", prediction_type, get_args(PredictionType))
         betas = make_betas(noise_schedule, num_train_timesteps, beta_start, beta_end)
         self.alphas_cumprod = torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1 - betas, 0)])
         super().__init__()
+
+    @property
+    def prediction_target(self) -> str:
+        return self.prediction_targets[self.config.prediction_type]
 
     def noise_scale(self, x0: torch.Tensor) -> torch.Tensor:
         """``sigmoid(H(x0))`` per image (or per batch), shape ``(batch, 1, 1, 1)``."""
@@ -99,7 +111,8 @@ class EntropyScaledNoiseScheduler(ColdDiffusionScheduler):
         return abar.sqrt() * x0 + (1 - abar).sqrt() * self.noise_scale(x0) * draw
 
     def training_example(self, x0, timesteps, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x_t, s(x0) eps)``: the noisy images and the scaled noise the model learns to predict.
+        """``(x_t, target)``: the noisy images and the ``prediction_type``'s target (``s(x0) eps``, ``x0`` or
+        the velocity).
 
         With ``train_noise > 0`` the images also get the shared injected noise (see
         :meth:`~mnist_diffusion.schedulers.ColdDiffusionScheduler.add_training_noise`), which is not part of
@@ -107,13 +120,32 @@ class EntropyScaledNoiseScheduler(ColdDiffusionScheduler):
         """
         eps = self.draw(tuple(x0.shape), generator, x0.device)
         x_t = self.add_training_noise(self.degrade(x0, timesteps, draw=eps), timesteps, generator)
-        return x_t, self.noise_scale(x0) * eps
+        noise = self.noise_scale(x0) * eps
+        prediction = self.config.prediction_type
+        if prediction == "epsilon":
+            return x_t, noise
+        if prediction == "sample":
+            return x_t, x0
+        abar = self._abar(timesteps, x0)
+        return x_t, abar.sqrt() * noise - (1 - abar).sqrt() * x0
+
+    def predicted_original_sample(self, model_output, timestep, sample) -> torch.Tensor:
+        """``x0_hat`` (clipped to ``[-1, 1]``) from the network's output at ``timestep`` and ``x_t``."""
+        abar = self._abar(timestep, sample)
+        prediction = self.config.prediction_type
+        if prediction == "epsilon":
+            x0_hat = (sample - (1 - abar).sqrt() * model_output) / abar.sqrt()
+        elif prediction == "sample":
+            x0_hat = model_output
+        else:
+            x0_hat = abar.sqrt() * sample - (1 - abar).sqrt() * model_output
+        return x0_hat.clamp(-1, 1)
 
     def step(self, model_output, timestep, sample, generator=None, sampling=None, return_dict=True):
         """One step from ``timestep`` to the run's next timestep, from the predicted scaled noise.
 
         Args:
-            model_output: the predicted scaled noise ``s(x_0) eps``.
+            model_output: the network's prediction (per ``prediction_type``).
             timestep: the current timestep ``t``.
             sample: the current sample ``x_t``.
             generator: drives the posterior noise (and the injected ``sample_noise``, when set).
@@ -124,7 +156,7 @@ class EntropyScaledNoiseScheduler(ColdDiffusionScheduler):
         sampling = self._resolve_sampling(sampling)
         previous = self.previous_timestep(timestep)
         abar, abar_prev = self._abar(timestep, sample), self._abar(previous, sample)
-        x0_hat = ((sample - (1 - abar).sqrt() * model_output) / abar.sqrt()).clamp(-1, 1)
+        x0_hat = self.predicted_original_sample(model_output, timestep, sample)
         if sampling == "direct":
             prev_sample = x0_hat
         elif sampling == "improved":

@@ -145,6 +145,30 @@ def test_des_improved_sampling_is_ddim_and_naive_is_ancestral():
     assert not torch.allclose(ends["naive", 1], ends["naive", 2])
 
 
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+def test_des_recovers_x0_from_each_prediction_types_target(prediction_type):
+    # The training target, given back as the network's output, is turned into the x0 it was made from, at
+    # every noise level; the three targets differ, and the model card names the trained one.
+    scheduler, x0 = make("des", prediction_type=prediction_type), images()
+    timesteps = torch.tensor([1, 10, 25, 40])
+    x_t, target = scheduler.training_example(x0, timesteps, torch.Generator().manual_seed(0))
+    for index, t in enumerate(timesteps):
+        x0_hat = scheduler.predicted_original_sample(target[index : index + 1], t, x_t[index : index + 1])
+        torch.testing.assert_close(x0_hat, x0[index : index + 1], atol=2e-4, rtol=0)
+    direct = scheduler.step(target[:1], timesteps[0], x_t[:1], sampling="direct").prev_sample
+    torch.testing.assert_close(direct, x0[:1], atol=2e-4, rtol=0)
+    epsilon = make("des").training_example(x0, timesteps, torch.Generator().manual_seed(0))[1]
+    assert torch.equal(target, epsilon) == (prediction_type == "epsilon")
+    assert scheduler.prediction_target == scheduler.prediction_targets[prediction_type]
+    config = type(scheduler).from_config(scheduler.config).config
+    assert config.prediction_type == prediction_type
+
+
+def test_des_rejects_an_unknown_prediction_type():
+    with pytest.raises(ValueError, match="prediction_type='velocity'.*epsilon, sample, v_prediction"):
+        make("des", prediction_type="velocity")
+
+
 def test_impulse_starts_are_drawn_digits_corrupted_with_the_runs_draw(tmp_path):
     scheduler, train = make("impulse"), images(200)
     scheduler.fit_prior(train, torch.Generator().manual_seed(0))

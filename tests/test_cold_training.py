@@ -97,8 +97,8 @@ def test_cold_run_from_the_command_line_and_sample_script(synthetic_mnist, tmp_p
         ),
         (["--degradation", "blur", "--order", "random"], "--order is an option of rows, columns, mask"),
         (
-            ["--degradation", "des", "--prediction_type", "sample"],
-            "--prediction_type is an option of gaussian",
+            ["--degradation", "blur", "--prediction_type", "sample"],
+            "--prediction_type is an option of gaussian, des, not of --degradation blur",
         ),
         (["--degradation", "blur", "--sampler", "ddim"], "sampler 'ddim' is not available for the blur"),
     ],
