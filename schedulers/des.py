@@ -142,7 +142,7 @@ class EntropyScaledNoiseScheduler(ColdDiffusionScheduler):
         return x0_hat.clamp(-1, 1)
 
     def step(self, model_output, timestep, sample, generator=None, sampling=None, return_dict=True):
-        """One step from ``timestep`` to the run's next timestep, from the predicted scaled noise.
+        """One step from ``timestep`` to the run's next timestep, from the network's prediction.
 
         Args:
             model_output: the network's prediction (per ``prediction_type``).
