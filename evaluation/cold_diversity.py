@@ -51,6 +51,10 @@ BASELINE = "gaussian"
 NOISE_INJECTION = ("train_noise", "sample_noise")
 # Start distributions that are not a point, for the degradations whose D(x, T) is (see fit_prior's warning).
 ALTERNATIVE_STARTS: dict[str, tuple[dict[str, Any], ...]] = {"mask": ({"fill": "noise"},)}
+# Options of every variant of a degradation, where its measured recipe departs from the defaults in what the
+# network learns: des predicts the velocity (training/configs/cold_des.yaml; its noise-predicting network
+# leaves grain on its samples, benchmarks/conditional.md).
+RECIPE_OPTIONS: dict[str, dict[str, Any]] = {"des": {"prediction_type": "v_prediction"}}
 # The score columns of a row, taken from SampleQuality's metrics.
 SCORES = ("fid", "fid_floor", "kid_mean", "inception_score_mean", "class_entropy", "mean_confidence")
 
@@ -165,7 +169,8 @@ def quick_settings(dataset_name: str, **overrides: Any) -> StudySettings:
 def study_variants(
     train_noise: float, sample_noise: float, registry: Mapping[str, Callable] = FORWARD_PROCESSES
 ) -> list[Variant]:
-    """The variants of the study, baseline first, then the degradations in registry order.
+    """The variants of the study, baseline first, then the degradations in registry order, each with its
+    :data:`RECIPE_OPTIONS`.
 
     The degradations are the processes that restore images (``ForwardProcess.restores``: the cold ones);
     other families (flow matching, say) are not part of the study.
@@ -183,11 +188,12 @@ def study_variants(
         if degradation == BASELINE or not forward_process(factory()).restores:
             continue
         injects = set(NOISE_INJECTION) <= set(factory_options(factory))
+        recipe = RECIPE_OPTIONS.get(degradation, {})
         for start in ({}, *ALTERNATIVE_STARTS.get(degradation, ())):
             label = degradation + "".join(f"[{key}={value}]" for key, value in start.items())
-            variants.append(Variant(label, degradation, dict(start)))
+            variants.append(Variant(label, degradation, {**recipe, **start}))
             if injects:
-                variants.append(Variant(f"{label}+noise", degradation, {**start, **injection}))
+                variants.append(Variant(f"{label}+noise", degradation, {**recipe, **start, **injection}))
     return variants
 
 

@@ -310,6 +310,8 @@ def test_study_variants_cover_every_degradation_with_and_without_noise():
         assert degradation in names and f"{degradation}+noise" in names
     plus = next(variant for variant in variants if variant.name == "mask[fill=noise]+noise")
     assert plus.options == {"fill": "noise", **NOISE} and plus.folder_name == "mask_fill_noise_noise"
+    des = [variant.options for variant in variants if variant.degradation == "des"]
+    assert des == [{"prediction_type": "v_prediction"}, {"prediction_type": "v_prediction", **NOISE}]
     with pytest.raises(ValueError, match="unknown variants \\['nope'\\]"):
         select_variants(variants, ["nope"])
 
