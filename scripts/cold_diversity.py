@@ -5,11 +5,11 @@
     python scripts/cold_diversity.py --quick              # smoke run on synthetic data, in seconds
     python scripts/cold_diversity.py --list               # the variants, then exit
 
-Each variant trains the same network (the coursework CNN) for the same number of steps as the Gaussian row,
-samples with each sampler of its process and is scored on 1000 samples (FID and floor, KID, IS, class entropy,
-pixel diversity); see :mod:`mnist_diffusion.evaluation.cold_diversity`. The JSON and a Markdown table beside
-it (``.md``) are rewritten after every row: a killed run resumes where it stopped when called again with the
-same flags.
+Each variant trains the same network (the quickstart's tiny UNet) for the same number of steps as the
+Gaussian row, samples with each sampler of its process and is scored on 1000 samples (FID and floor, KID, IS,
+class entropy, pixel diversity); see :mod:`mnist_diffusion.evaluation.cold_diversity`. The JSON and a Markdown
+table beside it (``.md``) are rewritten after every row: a killed run resumes where it stopped when called
+again with the same flags.
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ def parse_args(argv: list[str] | None):
         "--max_inference_steps",
         type=int,
         default=None,
-        help=f"cap on every sampler's steps (default {DEFAULTS.max_inference_steps}: T for every cold "
-        "process but impulse and des)",
+        help=f"cap on every sampler's steps, spaced evenly from T to 1 (default "
+        f"{DEFAULTS.max_inference_steps}: T for blur and pixelate)",
     )
     return parser.parse_args(argv)
 
