@@ -9,7 +9,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils.torch_utils import randn_tensor
 
 from .cold import ColdDiffusionScheduler, ColdSchedulerOutput, Sampling, check_choice, generator_device
-from .noise_schedules import NoiseSchedule, PredictionType, make_betas
+from .noise_schedules import NoiseSchedule, PredictionType, make_betas, original_sample
 
 EntropyScope = Literal["image", "batch"]
 ENTROPY_SCOPES: tuple[str, ...] = get_args(EntropyScope)
@@ -132,13 +132,9 @@ class EntropyScaledNoiseScheduler(ColdDiffusionScheduler):
     def predicted_original_sample(self, model_output, timestep, sample) -> torch.Tensor:
         """``x0_hat`` (clipped to ``[-1, 1]``) from the network's output at ``timestep`` and ``x_t``."""
         abar = self._abar(timestep, sample)
-        prediction = self.config.prediction_type
-        if prediction == "epsilon":
-            x0_hat = (sample - (1 - abar).sqrt() * model_output) / abar.sqrt()
-        elif prediction == "sample":
-            x0_hat = model_output
-        else:
-            x0_hat = abar.sqrt() * sample - (1 - abar).sqrt() * model_output
+        x0_hat = original_sample(
+            self.config.prediction_type, model_output, sample, abar.sqrt(), (1 - abar).sqrt()
+        )
         return x0_hat.clamp(-1, 1)
 
     def step(self, model_output, timestep, sample, generator=None, sampling=None, return_dict=True):

@@ -120,3 +120,34 @@ def ddpm_scheduler(
         # (the default "leading" spacing starts lower, and collapses to t = 0 when steps approach T).
         timestep_spacing="trailing",
     )
+
+
+def original_sample(
+    prediction_type: PredictionType,
+    model_output: torch.Tensor,
+    sample: torch.Tensor,
+    alpha: torch.Tensor,
+    sigma: torch.Tensor,
+) -> torch.Tensor:
+    """``x0_hat`` of ``sample = alpha x0 + sigma noise`` (``alpha^2 + sigma^2 = 1``) from a network's output.
+
+    Args:
+        prediction_type: what the network predicts: the noise (``epsilon``), ``x0`` (``sample``) or the
+            velocity ``alpha noise - sigma x0`` (``v_prediction``).
+        model_output: the network's output.
+        sample: the noisy sample.
+        alpha: the signal weight, broadcastable to ``sample``.
+        sigma: the noise weight, broadcastable to ``sample``.
+
+    Example:
+        >>> import torch
+        >>> x0, noise, alpha, sigma = torch.tensor([0.5]), torch.tensor([2.0]), 0.6, 0.8
+        >>> sample = alpha * x0 + sigma * noise
+        >>> original_sample("v_prediction", alpha * noise - sigma * x0, sample, alpha, sigma)
+        tensor([0.5000])
+    """
+    if prediction_type == "epsilon":
+        return (sample - sigma * model_output) / alpha
+    if prediction_type == "sample":
+        return model_output
+    return alpha * sample - sigma * model_output

@@ -52,6 +52,7 @@ from mnist_diffusion.pipelines.saving import save_pipeline
 from mnist_diffusion.schedulers import forward_process
 from mnist_diffusion.schedulers.forward_process import DEFAULT_STEPS_KEY
 from mnist_diffusion.schedulers.gaussian import DEGRADATION_KEY
+from mnist_diffusion.schedulers.noise_schedules import original_sample
 from mnist_diffusion.training.cli import ArgumentParser, run_cli
 from mnist_diffusion.training.data import MNIST, load_split, to_model_range
 from mnist_diffusion.training.files import write_text
@@ -186,12 +187,7 @@ class GaussianDDIM(DeterministicSampler):
         )
 
     def clean_estimate(self, output, sample, alpha, sigma, scheduler) -> torch.Tensor:
-        prediction = scheduler.config.prediction_type
-        if prediction == "epsilon":
-            return (sample - sigma * output) / alpha
-        if prediction == "sample":
-            return output
-        return alpha * sample - sigma * output
+        return original_sample(scheduler.config.prediction_type, output, sample, alpha, sigma)
 
     def clips(self, scheduler) -> bool:
         return bool(scheduler.config.get("clip_sample", False))
